@@ -1,0 +1,592 @@
+//! Configuration: command-line flags and environment over a TOML file over defaults,
+//! validated into a [`Config`] in which invalid states cannot be represented.
+//!
+//! Every problem is reported at once (unknown keys, bad values, missing endpoint), so a
+//! user fixes a config file in one pass rather than one error per start.
+
+use crate::auth::credential::{CredentialKind, CredentialSettings};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
+
+/// The default listen address: loopback only, so nothing off the machine can use the token.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+/// The default api-version for the `deployments` path style (latest dated GA).
+pub const DEFAULT_API_VERSION: &str = "2024-10-21";
+/// The default Entra scope for Azure OpenAI.
+pub const DEFAULT_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+/// The default cap on a request body keyless must read (to find the model): 32 MiB.
+/// Azure accepts audio files up to 25 MB, so this leaves room for a multipart upload.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// How keyless writes upstream paths (`--api`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiStyle {
+    /// `{endpoint}/openai/v1/{op}`, the GA v1 API; the body's `model` is the deployment.
+    #[default]
+    V1,
+    /// `{endpoint}/openai/deployments/{deployment}/{op}?api-version=V`.
+    Deployments,
+}
+
+/// Log line format (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The flags shared by `keyless serve` and `keyless check`. Each is optional so that an
+/// absent flag falls back to the config file, then to the default.
+#[derive(Args, Clone, Debug, Default)]
+pub struct Flags {
+    /// TOML config file; flags and environment variables override it.
+    #[arg(long, env = "KEYLESS_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8787].
+    #[arg(long, env = "KEYLESS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// The Azure OpenAI resource, e.g. https://my-res.openai.azure.com.
+    #[arg(long, env = "AZURE_OPENAI_ENDPOINT", value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Upstream path style [default: v1].
+    #[arg(long, env = "KEYLESS_API", value_name = "STYLE")]
+    pub api: Option<ApiStyle>,
+    /// api-version for the deployments style [default: 2024-10-21].
+    #[arg(long, env = "AZURE_OPENAI_API_VERSION", value_name = "VER")]
+    pub api_version: Option<String>,
+    /// Deployment for a model with no --model mapping.
+    #[arg(long, env = "AZURE_OPENAI_DEPLOYMENT", value_name = "NAME")]
+    pub deployment: Option<String>,
+    /// Map a model name to a deployment (repeatable): --model gpt-4o-mini=prod-4o-mini.
+    #[arg(long = "model", value_name = "NAME=DEPLOYMENT", value_parser = parse_model_mapping)]
+    pub models: Vec<(String, String)>,
+    /// Entra credential [default: auto].
+    #[arg(long, env = "KEYLESS_CREDENTIAL", value_name = "KIND")]
+    pub credential: Option<CredentialKind>,
+    /// Entra scope [default: https://cognitiveservices.azure.com/.default].
+    #[arg(long, env = "KEYLESS_SCOPE", value_name = "SCOPE")]
+    pub scope: Option<String>,
+    /// Tenant for the credential.
+    #[arg(long, env = "AZURE_TENANT_ID", value_name = "ID")]
+    pub tenant_id: Option<String>,
+    /// Client id: service principal, workload identity, or user-assigned managed identity.
+    #[arg(long, env = "AZURE_CLIENT_ID", value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Entra authority host for sovereign clouds, e.g. https://login.microsoftonline.us.
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL")]
+    pub authority_host: Option<String>,
+    /// Run against an embedded Azure OpenAI simulator with an in-process identity.
+    #[arg(long)]
+    pub simulate: bool,
+    /// Largest request body keyless reads to find the model [default: 32 MiB].
+    #[arg(long, env = "KEYLESS_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Time to connect to Azure [default: 10s].
+    #[arg(long, env = "KEYLESS_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Time to wait for Azure's response head; reasoning models think for minutes [default: 10m].
+    #[arg(long, env = "KEYLESS_RESPONSE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub response_timeout: Option<Duration>,
+    /// Time to wait for a token from the credential [default: 30s].
+    #[arg(long, env = "KEYLESS_TOKEN_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub token_timeout: Option<Duration>,
+    /// Log format [default: text].
+    #[arg(long, env = "KEYLESS_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+fn parse_model_mapping(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((model, deployment)) if !model.is_empty() && !deployment.is_empty() => {
+            Ok((model.to_owned(), deployment.to_owned()))
+        }
+        _ => Err(format!("expected NAME=DEPLOYMENT, got {s:?}")),
+    }
+}
+
+/// The config file as written. Unknown keys are collected by [`Config::load`] before this
+/// is deserialized, so that all of them are reported.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<SocketAddr>,
+    endpoint: Option<String>,
+    api: Option<ApiStyle>,
+    api_version: Option<String>,
+    deployment: Option<String>,
+    #[serde(default)]
+    models: HashMap<String, String>,
+    credential: Option<CredentialKind>,
+    scope: Option<String>,
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    authority_host: Option<String>,
+    max_body_bytes: Option<usize>,
+    #[serde(default, with = "opt_duration")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    response_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    token_timeout: Option<Duration>,
+    log_format: Option<LogFormat>,
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "listen",
+    "endpoint",
+    "api",
+    "api_version",
+    "deployment",
+    "models",
+    "credential",
+    "scope",
+    "tenant_id",
+    "client_id",
+    "authority_host",
+    "max_body_bytes",
+    "connect_timeout",
+    "response_timeout",
+    "token_timeout",
+    "log_format",
+];
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Where requests go and who signs them.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A real Azure OpenAI resource, with an Entra credential.
+    Azure {
+        /// The resource endpoint, normalised: no trailing slash, no `/openai` suffix.
+        endpoint: Url,
+        /// The credential to use.
+        credential: CredentialSettings,
+    },
+    /// The embedded simulator and its in-process identity.
+    Simulate,
+}
+
+/// Timeouts towards Azure.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// TCP + TLS connect.
+    pub connect: Duration,
+    /// From sending the request to receiving the response head.
+    pub response: Duration,
+    /// One token acquisition.
+    pub token: Duration,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Upstream and identity.
+    pub target: Target,
+    /// Upstream path style.
+    pub api: ApiStyle,
+    /// api-version for the deployments style.
+    pub api_version: String,
+    /// Model name -> deployment name.
+    pub models: HashMap<String, String>,
+    /// Deployment for unmapped models; `None` means "a deployment named like the model".
+    pub default_deployment: Option<String>,
+    /// Entra scope.
+    pub scope: String,
+    /// Largest body keyless reads.
+    pub max_body_bytes: usize,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Every problem found in the configuration, one per line.
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the config file named by `flags.config` (if any) and merges `flags` over it.
+    pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        let raw = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(vec![format!("cannot read {}: {e}", path.display())])
+                })?;
+                parse_file(&text).map_err(|mut problems| {
+                    for p in &mut problems {
+                        *p = format!("{}: {p}", path.display());
+                    }
+                    ConfigError(problems)
+                })?
+            }
+            None => RawConfig::default(),
+        };
+        Self::merge(flags, raw)
+    }
+
+    fn merge(flags: &Flags, raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+
+        let api = flags.api.or(raw.api).unwrap_or_default();
+        let api_version = flags
+            .api_version
+            .clone()
+            .or(raw.api_version)
+            .unwrap_or_else(|| DEFAULT_API_VERSION.to_owned());
+        if api_version.is_empty() {
+            problems.push("api_version must not be empty".to_owned());
+        }
+
+        let mut models = raw.models;
+        models.extend(flags.models.iter().cloned());
+        for (model, deployment) in &models {
+            if model.is_empty() || deployment.is_empty() {
+                problems.push(format!(
+                    "model mapping {model:?} = {deployment:?}: both sides must be non-empty"
+                ));
+            }
+        }
+
+        let scope = flags
+            .scope
+            .clone()
+            .or(raw.scope)
+            .unwrap_or_else(|| DEFAULT_SCOPE.to_owned());
+        if !scope.starts_with("https://") && !scope.starts_with("api://") {
+            problems.push(format!(
+                "scope {scope:?} should be a URL such as {DEFAULT_SCOPE}"
+            ));
+        }
+
+        let authority_host = match flags.authority_host.clone().or(raw.authority_host) {
+            Some(text) => match Url::parse(&text) {
+                Ok(url) if url.scheme() == "https" || is_loopback(&url) => Some(url),
+                Ok(_) => {
+                    problems.push(format!("authority host {text:?} must be https"));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("authority host {text:?} is not a URL: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+
+        let target = if flags.simulate {
+            Some(Target::Simulate)
+        } else {
+            match flags.endpoint.clone().or(raw.endpoint) {
+                Some(text) => match normalise_endpoint(&text) {
+                    Ok(endpoint) => Some(Target::Azure {
+                        endpoint,
+                        credential: CredentialSettings {
+                            kind: flags.credential.or(raw.credential).unwrap_or_default(),
+                            tenant_id: flags.tenant_id.clone().or(raw.tenant_id),
+                            client_id: flags.client_id.clone().or(raw.client_id),
+                            authority_host,
+                            ..CredentialSettings::default()
+                        },
+                    }),
+                    Err(problem) => {
+                        problems.push(problem);
+                        None
+                    }
+                },
+                None => {
+                    problems.push(
+                        "no Azure OpenAI endpoint: pass --endpoint https://<resource>.openai.azure.com \
+                         (or set AZURE_OPENAI_ENDPOINT, or `endpoint` in the config file), \
+                         or try keyless with --simulate"
+                            .to_owned(),
+                    );
+                    None
+                }
+            }
+        };
+
+        let max_body_bytes = flags
+            .max_body_bytes
+            .or(raw.max_body_bytes)
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            problems.push("max_body_bytes must be positive".to_owned());
+        }
+
+        let timeouts = Timeouts {
+            connect: flags
+                .connect_timeout
+                .or(raw.connect_timeout)
+                .unwrap_or(Duration::from_secs(10)),
+            response: flags
+                .response_timeout
+                .or(raw.response_timeout)
+                .unwrap_or(Duration::from_secs(600)),
+            token: flags
+                .token_timeout
+                .or(raw.token_timeout)
+                .unwrap_or(Duration::from_secs(30)),
+        };
+        for (name, value) in [
+            ("connect_timeout", timeouts.connect),
+            ("response_timeout", timeouts.response),
+            ("token_timeout", timeouts.token),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("{name} must be positive"));
+            }
+        }
+
+        match target {
+            Some(target) if problems.is_empty() => Ok(Config {
+                listen: flags
+                    .listen
+                    .or(raw.listen)
+                    .unwrap_or_else(|| default_listen()),
+                target,
+                api,
+                api_version,
+                models,
+                default_deployment: flags.deployment.clone().or(raw.deployment),
+                scope,
+                max_body_bytes,
+                timeouts,
+                log_format: flags.log_format.or(raw.log_format).unwrap_or_default(),
+            }),
+            _ => Err(ConfigError(problems)),
+        }
+    }
+
+    /// The deployment a model maps to.
+    pub fn deployment_for<'a>(&'a self, model: &'a str) -> &'a str {
+        match self.models.get(model) {
+            Some(deployment) => deployment,
+            None => self.default_deployment.as_deref().unwrap_or(model),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8787))
+}
+
+/// Parses the config file, collecting every unknown key and every bad value.
+fn parse_file(text: &str) -> Result<RawConfig, Vec<String>> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+    let unknown: Vec<String> = table
+        .keys()
+        .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+        .map(|k| format!("unknown key `{k}` (known keys: {})", KNOWN_KEYS.join(", ")))
+        .collect();
+    let mut problems = unknown;
+    // Deserialize the known keys one at a time so that each bad value is reported.
+    let mut known = toml::Table::new();
+    for (key, value) in table {
+        if !KNOWN_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        let mut single = toml::Table::new();
+        single.insert(key.clone(), value.clone());
+        match RawConfig::deserialize(single) {
+            Ok(_) => {
+                known.insert(key, value);
+            }
+            Err(e) => problems.push(format!("`{key}`: {}", e.message())),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    RawConfig::deserialize(known).map_err(|e| vec![e.message().to_owned()])
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Checks and normalises an endpoint: https (or http on a loopback host), no query, and
+/// without a trailing `/`, `/openai` or `/openai/v1` (people paste those from the portal).
+pub fn normalise_endpoint(text: &str) -> Result<Url, String> {
+    let mut url =
+        Url::parse(text).map_err(|e| format!("endpoint {text:?} is not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => {
+            return Err(format!(
+                "endpoint {text:?} must be https (plain http is accepted only for a loopback host)"
+            ));
+        }
+        other => return Err(format!("endpoint {text:?}: unsupported scheme {other:?}")),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "endpoint {text:?} must not carry a query or fragment"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("endpoint {text:?} must not carry credentials"));
+    }
+    let path = url.path().trim_end_matches('/');
+    let path = path
+        .strip_suffix("/openai/v1")
+        .or_else(|| path.strip_suffix("/openai"))
+        .unwrap_or(path)
+        .to_owned();
+    url.set_path(&path);
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> Flags {
+        Flags {
+            endpoint: Some("https://res.openai.azure.com".into()),
+            ..Flags::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::merge(&flags(), RawConfig::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.api, ApiStyle::V1);
+        assert_eq!(c.api_version, DEFAULT_API_VERSION);
+        assert_eq!(c.scope, DEFAULT_SCOPE);
+        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let raw = parse_file(
+            "listen = \"127.0.0.1:9000\"\napi = \"deployments\"\n[models]\na = \"file-a\"\nb = \"file-b\"\n",
+        )
+        .unwrap();
+        let mut f = flags();
+        f.api = Some(ApiStyle::V1);
+        f.models = vec![("a".into(), "flag-a".into())];
+        let c = Config::merge(&f, raw).unwrap();
+        assert_eq!(c.listen.port(), 9000, "file value used when no flag");
+        assert_eq!(c.api, ApiStyle::V1, "flag wins over file");
+        assert_eq!(c.deployment_for("a"), "flag-a");
+        assert_eq!(c.deployment_for("b"), "file-b");
+    }
+
+    #[test]
+    fn unmapped_model_goes_to_default_deployment_else_same_name() {
+        let mut c = Config::merge(&flags(), RawConfig::default()).unwrap();
+        assert_eq!(c.deployment_for("gpt-4o"), "gpt-4o");
+        c.default_deployment = Some("fallback".into());
+        assert_eq!(c.deployment_for("gpt-4o"), "fallback");
+    }
+
+    #[test]
+    fn every_bad_key_is_reported() {
+        let problems =
+            parse_file("listn = \"x\"\napi = \"v3\"\nmax_body_bytes = \"big\"\nfoo = 1\n")
+                .unwrap_err();
+        let text = problems.join("\n");
+        assert_eq!(problems.len(), 4, "{text}");
+        assert!(text.contains("`listn`"), "{text}");
+        assert!(text.contains("`foo`"), "{text}");
+        assert!(text.contains("`api`"), "{text}");
+        assert!(text.contains("`max_body_bytes`"), "{text}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        let raw = parse_file("connect_timeout = \"250ms\"\nresponse_timeout = \"2m\"\n").unwrap();
+        let c = Config::merge(&flags(), raw).unwrap();
+        assert_eq!(c.timeouts.connect, Duration::from_millis(250));
+        assert_eq!(c.timeouts.response, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn endpoint_rules() {
+        assert!(normalise_endpoint("http://res.openai.azure.com").is_err());
+        assert!(normalise_endpoint("http://127.0.0.1:9").is_ok());
+        assert!(normalise_endpoint("http://localhost:9").is_ok());
+        assert!(normalise_endpoint("http://[::1]:9").is_ok());
+        assert!(normalise_endpoint("ftp://x").is_err());
+        assert_eq!(
+            normalise_endpoint("https://res.openai.azure.com/openai/v1/")
+                .unwrap()
+                .as_str(),
+            "https://res.openai.azure.com/"
+        );
+        assert_eq!(
+            normalise_endpoint("https://gw.example.com/prefix/openai")
+                .unwrap()
+                .as_str(),
+            "https://gw.example.com/prefix"
+        );
+    }
+
+    #[test]
+    fn missing_endpoint_says_how_to_fix_it() {
+        let err = Config::merge(&Flags::default(), RawConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("--endpoint"), "{err}");
+        assert!(err.to_string().contains("--simulate"), "{err}");
+    }
+
+    #[test]
+    fn simulate_needs_no_endpoint() {
+        let f = Flags {
+            simulate: true,
+            ..Flags::default()
+        };
+        let c = Config::merge(&f, RawConfig::default()).unwrap();
+        assert!(matches!(c.target, Target::Simulate));
+    }
+
+    #[test]
+    fn bad_model_flag_is_rejected() {
+        assert!(parse_model_mapping("gpt4o").is_err());
+        assert!(parse_model_mapping("=x").is_err());
+        assert_eq!(
+            parse_model_mapping("a=b=c").unwrap(),
+            ("a".to_owned(), "b=c".to_owned())
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! The proxy's own errors: one flat enum, one status table, one OpenAI-shaped body.
+//!
+//! Upstream 4xx/5xx answers are not errors here: they pass through verbatim. These are
+//! the answers keyless gives itself, when it cannot or must not forward a request.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+/// Everything keyless can answer on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No route matches the request path.
+    #[error("Unknown route: {method} {path}. keyless serves OpenAI-style paths such as /v1/chat/completions and Azure-style paths under /openai/")]
+    NotFound {
+        /// Request method.
+        method: String,
+        /// Request path (no query: it may carry secrets).
+        path: String,
+    },
+    /// The method is not allowed on this route.
+    #[error("Method {0} is not allowed on this route")]
+    MethodNotAllowed(String),
+    /// The JSON body did not parse.
+    #[error("The request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// A request the proxy cannot make sense of.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request body exceeds the configured limit.
+    #[error("The request body exceeds keyless's limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The client's body could not be read.
+    #[error("Could not read the request body: {0}")]
+    BodyRead(String),
+    /// No valid Entra token is held.
+    #[error("keyless has no valid Entra ID token: {0}")]
+    NoToken(String),
+    /// The upstream could not be reached (DNS, connect, TLS, reset before the head).
+    #[error("Azure OpenAI endpoint unreachable: {0}")]
+    UpstreamUnreachable(String),
+    /// The upstream sent no response head in time.
+    #[error("Azure OpenAI did not answer within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    /// The proxy is shutting down and takes no new requests.
+    #[error("keyless is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::InvalidJson(_) | Error::BadRequest(_) | Error::BodyRead(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::NoToken(_) | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            Error::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The OpenAI `error.type` and `error.code` for this error.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Error::NotFound { .. } => ("invalid_request_error", "unknown_url"),
+            Error::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
+            Error::InvalidJson(_) => ("invalid_request_error", "invalid_json"),
+            Error::BadRequest(_) => ("invalid_request_error", "bad_request"),
+            Error::BodyRead(_) => ("invalid_request_error", "body_read_error"),
+            Error::BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
+            Error::NoToken(_) => ("keyless_error", "no_token"),
+            Error::ShuttingDown => ("keyless_error", "shutting_down"),
+            Error::UpstreamUnreachable(_) => ("keyless_error", "upstream_unreachable"),
+            Error::UpstreamTimeout(_) => ("keyless_error", "upstream_timeout"),
+        }
+    }
+
+    /// The OpenAI-shaped JSON body: `{"error":{"message","type","param","code"}}`.
+    pub fn body(&self) -> Bytes {
+        let (kind, code) = self.kind();
+        let body = serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": kind,
+                "param": null,
+                "code": code,
+            }
+        });
+        Bytes::from(body.to_string())
+    }
+
+    /// The whole response, `Content-Type: application/json`.
+    pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
+        let mut response = Response::new(B::from(self.body()));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_openai_shaped() {
+        let err = Error::InvalidJson("expected value at line 1 column 1".into());
+        let v: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "invalid_json");
+        assert!(v["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn statuses_follow_the_table() {
+        assert_eq!(Error::BodyTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(Error::NoToken("x".into()).status(), 503);
+        assert_eq!(Error::UpstreamUnreachable("x".into()).status(), 502);
+        assert_eq!(Error::UpstreamTimeout(std::time::Duration::from_secs(1)).status(), 504);
+        assert_eq!(
+            Error::NotFound { method: "GET".into(), path: "/x".into() }.status(),
+            404
+        );
+    }
+}

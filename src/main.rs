@@ -1,0 +1,161 @@
+//! `keyless`: flags and environment -> tracing -> Config -> run until SIGTERM/SIGINT.
+
+use clap::{Parser, Subcommand};
+use keyless::config::{Config, Flags, LogFormat, Target};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Any OpenAI client -> Azure OpenAI, with Microsoft Entra ID tokens instead of keys.
+#[derive(Parser)]
+#[command(name = "keyless", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve(Flags),
+    /// Run only the Azure OpenAI simulator (a fake upstream for tests and benchmarks).
+    Simulator {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8788")]
+        listen: SocketAddr,
+        /// Also serve an App Service-style managed identity endpoint at /msi/token that
+        /// requires this `x-identity-header` value.
+        #[arg(long, env = "KEYLESS_SIMULATOR_IDENTITY_HEADER", value_name = "SECRET", hide_env_values = true)]
+        identity_header: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keyless: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(flags) => serve(flags).await,
+            Command::Simulator {
+                listen,
+                identity_header,
+            } => simulator(listen, identity_header).await,
+        }
+    })
+}
+
+async fn serve(flags: Flags) -> ExitCode {
+    let config = match Config::load(&flags) {
+        Ok(config) => config,
+        Err(e) => {
+            init_tracing(flags.log_format.unwrap_or_default());
+            eprint!("keyless: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    let listener = match TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("keyless: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    banner(&config, addr);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    match keyless::run(config, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "keyless could not start");
+            eprintln!("keyless: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn simulator(listen: SocketAddr, identity_header: Option<String>) -> ExitCode {
+    init_tracing(LogFormat::Text);
+    let listener = match TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("keyless: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(listen);
+    println!("keyless simulator listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    match keyless::simulate::serve(listener, identity_header, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyless: simulator failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a person (and a test reading stdout) needs to start using keyless.
+fn banner(config: &Config, addr: SocketAddr) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "keyless listening on http://{addr}");
+    if let Target::Simulate = config.target {
+        let _ = writeln!(
+            out,
+            "\nSimulated Azure OpenAI with an in-process identity: no Azure account needed. Try:\n\n  \
+             curl http://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    \
+             -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\n  \
+             python -c \"from openai import OpenAI; print(OpenAI(base_url='http://{addr}/v1', api_key='unused')\
+             .chat.completions.create(model='gpt-4o-mini', messages=[{{'role':'user','content':'Hello'}}]).choices[0].message.content)\"\n"
+        );
+    }
+    let _ = out.flush();
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("KEYLESS_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+async fn on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown requested: draining");
+    shutdown.cancel();
+}
