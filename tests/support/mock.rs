@@ -1,0 +1,264 @@
+//! A mock Azure OpenAI upstream that records every request and answers as each test
+//! scripts it, plus an in-process keyless with a counting identity.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use keyless::auth::{Acquire, AuthError, Secret, Token};
+use keyless::config::{Config, Flags};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What the mock saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// How the mock answers.
+pub enum Reply {
+    /// A whole response.
+    Full {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: Bytes,
+    },
+    /// A streamed response: each item the test (or a task) sends becomes one body frame;
+    /// `Err` aborts the body mid-stream (the connection is cut, not closed cleanly).
+    Stream {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        frames: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    },
+    /// Never answer (until the mock stops).
+    Hang,
+}
+
+impl Reply {
+    /// 200 with a JSON body.
+    pub fn json(body: &str) -> Reply {
+        Reply::Full {
+            status: 200,
+            headers: vec![("content-type", "application/json".into())],
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+/// The mock upstream.
+pub struct Mock {
+    pub url: url::Url,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: CancellationToken,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Mock {
+    /// Starts a mock whose every answer comes from `handler`. The request body is read
+    /// whole before `handler` runs unless `stream_request` is used.
+    pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Mock {
+        Self::start_inner(Arc::new(handler)).await
+    }
+
+    async fn start_inner(handler: Handler) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    r = listener.accept() => r.unwrap(),
+                };
+                let (handler, seen, stop) = (handler.clone(), seen2.clone(), stop2.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (handler, seen, stop) = (handler.clone(), seen.clone(), stop.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let record = Seen {
+                                method: parts.method,
+                                path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                                headers: parts.headers,
+                                body,
+                            };
+                            seen.lock().unwrap().push(record.clone());
+                            Ok::<_, Infallible>(respond(handler(&record), stop).await)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Mock {
+            url: url::Url::parse(&format!("http://{addr}")).unwrap(),
+            seen,
+            stop,
+        }
+    }
+
+    /// Everything seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The only request seen (panics if there were not exactly one).
+    pub fn one(&self) -> Seen {
+        let seen = self.seen();
+        assert_eq!(seen.len(), 1, "expected exactly one upstream request, got {seen:#?}");
+        seen.into_iter().next().unwrap()
+    }
+}
+
+type MockBody = BoxBody<Bytes, std::io::Error>;
+
+async fn respond(reply: Reply, stop: CancellationToken) -> Response<MockBody> {
+    match reply {
+        Reply::Full { status, headers, body } => {
+            let mut r = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            for (k, v) in headers {
+                r.headers_mut().append(k, v.parse().unwrap());
+            }
+            r
+        }
+        Reply::Stream { status, headers, frames } => {
+            let stream = futures_util::stream::unfold(frames, |mut rx| async move {
+                rx.recv().await.map(|item| (item.map(Frame::data), rx))
+            });
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            for (k, v) in headers {
+                r.headers_mut().append(k, v.parse().unwrap());
+            }
+            r
+        }
+        Reply::Hang => {
+            stop.cancelled().await;
+            Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
+        }
+    }
+}
+
+/// A token source that counts its acquisitions.
+pub struct TestIdentity {
+    pub calls: AtomicUsize,
+    pub delay: Duration,
+    pub failure: Option<String>,
+}
+
+impl TestIdentity {
+    pub fn ok() -> Arc<TestIdentity> {
+        Arc::new(TestIdentity { calls: AtomicUsize::new(0), delay: Duration::ZERO, failure: None })
+    }
+    pub fn slow(delay: Duration) -> Arc<TestIdentity> {
+        Arc::new(TestIdentity { calls: AtomicUsize::new(0), delay, failure: None })
+    }
+    pub fn failing(message: &str) -> Arc<TestIdentity> {
+        Arc::new(TestIdentity {
+            calls: AtomicUsize::new(0),
+            delay: Duration::ZERO,
+            failure: Some(message.to_owned()),
+        })
+    }
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Acquire for TestIdentity {
+    fn acquire<'a>(&'a self, _scope: &'a str) -> BoxFuture<'a, Result<Token, AuthError>> {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            match &self.failure {
+                Some(message) => Err(AuthError { credential: "TestIdentity".into(), message: message.clone() }),
+                None => Ok(Token {
+                    secret: Secret::new(format!("test-token-{n}")),
+                    expires_at: SystemTime::now() + Duration::from_secs(3600),
+                }),
+            }
+        })
+    }
+    fn name(&self) -> String {
+        "TestIdentity".into()
+    }
+}
+
+/// An in-process keyless in front of `upstream`.
+pub struct Proxy {
+    pub base: String,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Proxy {
+    /// Starts keyless with `flags` (the endpoint is set to `upstream`).
+    pub async fn start(mut flags: Flags, upstream: &url::Url, identity: Arc<dyn Acquire>) -> Proxy {
+        flags.endpoint = Some(upstream.to_string());
+        let config = Config::load(&flags).expect("test config is valid");
+        Self::start_with(config, upstream.clone(), identity).await
+    }
+
+    /// Starts keyless with a ready-made config.
+    pub async fn start_with(config: Config, upstream: url::Url, identity: Arc<dyn Acquire>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            keyless::run_with_identity(config, upstream, identity, listener, s).await.unwrap();
+        });
+        Proxy { base, stop, task: Some(task) }
+    }
+
+    /// Stops keyless and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 client for tests: no proxy, no retries.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Flags with nothing set.
+pub fn flags() -> Flags {
+    Flags::default()
+}
