@@ -1,106 +1,132 @@
-//! The request handler: route, read what must be read, rewrite, sign, forward, stream back.
+//! The request handler: route, read what must be read, pick a backend, sign, forward,
+//! retry what Azure asks to be retried, stream the answer back.
 //!
 //! Order of work for one request, and why:
 //! 1. classify the path (pure, no allocation) so unknown routes cost nothing upstream;
 //! 2. read the body only when the model must be found (JSON, or a multipart audio/image
-//!    upload), capped at `max_body_bytes`; anything else streams through untouched;
-//! 3. map model -> deployment and build the upstream URI;
-//! 4. read the token last: a lock-free load when one is held, so a request that fails
-//!    validation never waits on identity;
-//! 5. send, bounded by the response-head timeout; the response body is handed to hyper as
-//!    it is, so SSE frames reach the client as Azure sends them.
+//!    upload), capped at `max_body_bytes`; a small body of known length is held for
+//!    replay; anything else streams through untouched and is sent once;
+//! 3. per attempt: pick a backend (priority, weight, cool-down), pass its limiter, build
+//!    the URI and body for its deployment, read its token (a lock-free load when held);
+//! 4. send, bounded by the response-head timeout; decide from the head alone whether to
+//!    retry (never once a byte went to the client), then hand the body to hyper as it
+//!    streams in, so SSE frames reach the client as Azure sends them.
 
-use crate::auth::TokenCache;
-use crate::body::Body;
+use crate::backend::{self, Backend, Pick, Router};
+use crate::body::{Body, UpstreamBody};
 use crate::config::{ApiStyle, Config};
 use crate::error::Error;
+use crate::limit;
 use crate::model;
+use crate::retry;
 use crate::rewrite;
 use crate::route::{self, Inbound, Op};
 use crate::upstream::Client;
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::convert::Infallible;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
-use url::Url;
-
-/// Where upstream requests go, split once at start-up so the hot path only joins parts.
-#[derive(Debug, Clone)]
-struct Endpoint {
-    scheme: Scheme,
-    authority: Authority,
-    /// The endpoint's own path, e.g. `` or `/gateway` (never ending in `/`).
-    base_path: String,
-}
-
-impl Endpoint {
-    fn new(url: &Url) -> Result<Endpoint, String> {
-        let uri: Uri = url
-            .as_str()
-            .parse()
-            .map_err(|e| format!("endpoint {url} is not a valid URI: {e}"))?;
-        let parts = uri.into_parts();
-        Ok(Endpoint {
-            scheme: parts.scheme.ok_or("endpoint has no scheme")?,
-            authority: parts.authority.ok_or("endpoint has no host")?,
-            base_path: url.path().trim_end_matches('/').to_owned(),
-        })
-    }
-
-    fn uri(&self, path_and_query: &str) -> Result<Uri, Error> {
-        let pq = PathAndQuery::try_from(path_and_query)
-            .map_err(|e| Error::BadRequest(format!("cannot build the upstream path: {e}")))?;
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| Error::BadRequest(format!("cannot build the upstream URI: {e}")))
-    }
-}
+use std::time::{Instant, SystemTime};
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
     config: Config,
-    endpoint: Endpoint,
-    tokens: TokenCache,
+    router: Router,
     client: Client,
     draining: AtomicBool,
 }
 
+/// A request body as keyless holds it between attempts.
+enum Payload {
+    /// Bytes keyless read (to find the model, or to be able to replay).
+    Held(Bytes),
+    /// A body streamed through; it can be sent once.
+    Once(Option<Incoming>),
+}
+
+/// Where the model sits in a held body, to be rewritten per backend.
+struct ModelAt {
+    name: String,
+    span: Range<usize>,
+    kind: Splice,
+}
+
+#[derive(Clone, Copy)]
+enum Splice {
+    Json,
+    Form,
+}
+
 /// What the body inspection found.
 struct Prepared {
-    body: Body,
-    /// `Some(len)` when keyless replaced the body and must set `Content-Length`.
-    new_len: Option<usize>,
+    payload: Payload,
+    model: Option<ModelAt>,
+    /// Azure's pre-call token estimate, for the tokens-per-minute limit.
+    tokens: u32,
+}
+
+impl Prepared {
+    fn once(body: Incoming) -> Prepared {
+        Prepared {
+            payload: Payload::Once(Some(body)),
+            model: None,
+            tokens: 0,
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self.payload, Payload::Held(_))
+    }
+
+    /// The body for an attempt on `deployment`, and its new length if keyless rewrote it.
+    fn body_for(&mut self, deployment: Option<&str>) -> Option<(Body, Option<usize>)> {
+        match &mut self.payload {
+            Payload::Once(body) => body.take().map(|b| (Body::Stream(b), None)),
+            Payload::Held(bytes) => match (&self.model, deployment) {
+                (Some(at), Some(d)) if at.name != d => {
+                    let rewritten = match at.kind {
+                        Splice::Json => model::splice_json_string(bytes, at.span.clone(), d),
+                        Splice::Form => model::splice_form_field(bytes, at.span.clone(), d),
+                    };
+                    let len = rewritten.len();
+                    Some((Body::from(rewritten), Some(len)))
+                }
+                _ => Some((Body::from(bytes.clone()), None)),
+            },
+        }
+    }
+}
+
+/// Where an OpenAI-style request goes: its op (for the path) and its backends.
+struct Plan<'a> {
+    op: Option<Op<'a>>,
+    /// The path for Azure-style requests, sent as it came.
+    path: Option<&'a str>,
+    query: Option<&'a str>,
+    backends: Arc<[Backend]>,
+}
+
+/// What the log line and the `x-keyless-*` headers report.
+#[derive(Default)]
+struct Outcome {
+    attempts: u32,
+    backend: Option<Arc<str>>,
     deployment: Option<String>,
 }
 
 impl App {
     /// Builds the handler state.
-    pub fn new(
-        config: Config,
-        endpoint: &Url,
-        tokens: TokenCache,
-        client: Client,
-    ) -> Result<App, String> {
-        Ok(App {
-            endpoint: Endpoint::new(endpoint)?,
+    pub fn new(config: Config, router: Router, client: Client) -> App {
+        App {
             config,
-            tokens,
+            router,
             client,
             draining: AtomicBool::new(false),
-        })
-    }
-
-    /// The token cache (for readiness and `keyless check`).
-    pub fn tokens(&self) -> &TokenCache {
-        &self.tokens
+        }
     }
 
     /// Marks the proxy as shutting down: `/readyz` answers 503 from now on.
@@ -109,22 +135,34 @@ impl App {
     }
 
     /// Handles one request. Never fails: errors become OpenAI-shaped answers.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let outcome = self.dispatch(req).await;
-        let (response, deployment) = match outcome {
-            Ok(pair) => pair,
+        let mut outcome = Outcome::default();
+        let mut response = match self.dispatch(req, &mut outcome).await {
+            Ok(response) => response,
             Err(err) => {
                 tracing::warn!(%method, %path, status = err.status().as_u16(), error = %err, "request refused");
-                (err.to_response(), None)
+                err.to_response()
             }
         };
+        if outcome.attempts > 0 {
+            let headers = response.headers_mut();
+            headers.insert("x-keyless-attempts", HeaderValue::from(outcome.attempts));
+            if let Some(name) = outcome.backend.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+                headers.insert("x-keyless-backend", name);
+            }
+        }
         tracing::info!(
             %method,
             %path,
-            deployment = deployment.as_deref().unwrap_or("-"),
+            deployment = outcome.deployment.as_deref().unwrap_or("-"),
+            backend = outcome.backend.as_deref().unwrap_or("-"),
+            attempts = outcome.attempts,
             status = response.status().as_u16(),
             upstream_request_id = response
                 .headers()
@@ -140,57 +178,66 @@ impl App {
     async fn dispatch(
         &self,
         req: Request<Incoming>,
-    ) -> Result<(Response<Body>, Option<String>), Error> {
-        match route::classify(req.uri().path()) {
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, Error> {
+        let (parts, body) = req.into_parts();
+        match route::classify(parts.uri.path()) {
             Inbound::Health => {
-                only_get(&req)?;
-                Ok((json(StatusCode::OK, r#"{"status":"ok"}"#.into()), None))
+                only_get(&parts.method)?;
+                Ok(json(StatusCode::OK, r#"{"status":"ok"}"#.into()))
             }
             Inbound::Ready => {
-                only_get(&req)?;
-                Ok((self.readiness(), None))
+                only_get(&parts.method)?;
+                Ok(self.readiness())
             }
             Inbound::Unknown => Err(Error::NotFound {
-                method: req.method().to_string(),
-                path: req.uri().path().to_owned(),
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_owned(),
             }),
             Inbound::Azure(path) => {
-                // Azure-style clients already name the deployment: same path and query.
-                let pq = match req.uri().query() {
-                    Some(q) => format!("{}{path}?{q}", self.endpoint.base_path),
-                    None => format!("{}{path}", self.endpoint.base_path),
+                // Azure-style clients already name the deployment: same path and query,
+                // on the default endpoint.
+                let prepared = self.hold_if_small(&parts.headers, body).await?;
+                let plan = Plan {
+                    op: None,
+                    path: Some(path),
+                    query: parts.uri.query(),
+                    backends: self.router.passthrough(),
                 };
-                let uri = self.endpoint.uri(&pq)?;
-                let (parts, body) = req.into_parts();
-                let prepared = Prepared {
-                    body: Body::Stream(body),
-                    new_len: None,
-                    deployment: None,
-                };
-                self.forward(parts, uri, prepared).await
+                self.proxy(&parts, plan, prepared, outcome).await
             }
             Inbound::OpenAi(op) => {
-                // Own the op path: the request is consumed below.
-                let op_path = op.path.to_owned();
-                let query = req.uri().query().map(str::to_owned);
-                let (parts, body) = req.into_parts();
-                let op = Op { path: &op_path };
                 let prepared = self.prepare(op, &parts.method, &parts.headers, body).await?;
-                let pq = route::upstream_path(
-                    &self.endpoint.base_path,
-                    self.config.api,
-                    op,
-                    prepared.deployment.as_deref(),
-                    &self.config.api_version,
-                    query.as_deref(),
-                );
-                let uri = self.endpoint.uri(&pq)?;
-                self.forward(parts, uri, prepared).await
+                let backends = self.backends_for(op, prepared.model.as_ref().map(|m| m.name.as_str()))?;
+                let plan = Plan {
+                    op: Some(op),
+                    path: None,
+                    query: parts.uri.query(),
+                    backends,
+                };
+                self.proxy(&parts, plan, prepared, outcome).await
             }
         }
     }
 
-    /// Reads the model from the body when the request carries one, and maps it.
+    /// The backends for a model (or for a request without one).
+    fn backends_for(&self, op: Op<'_>, model: Option<&str>) -> Result<Arc<[Backend]>, Error> {
+        if let Some(model) = model {
+            if let Some(backends) = self.router.configured(model) {
+                return Ok(backends);
+            }
+            return Ok(self.router.on_default(self.config.deployment_for(model)));
+        }
+        if self.config.api == ApiStyle::Deployments && op.is_deployment_scoped() {
+            return match &self.config.default_deployment {
+                Some(d) => Ok(self.router.on_default(d)),
+                None => Err(Error::BadRequest("you must provide a model parameter".into())),
+            };
+        }
+        Ok(self.router.passthrough())
+    }
+
+    /// Reads the model from the body when the request carries one.
     async fn prepare(
         &self,
         op: Op<'_>,
@@ -198,167 +245,303 @@ impl App {
         headers: &HeaderMap,
         body: Incoming,
     ) -> Result<Prepared, Error> {
-        let stream = |body| Prepared {
-            body: Body::Stream(body),
-            new_len: None,
-            deployment: None,
-        };
         if method == Method::GET || method == Method::HEAD || method == Method::DELETE {
-            return Ok(stream(body));
+            return self.hold_if_small(headers, body).await;
         }
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let mime = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        let is_json = mime.is_empty()
+            || mime.eq_ignore_ascii_case("application/json")
+            || mime.to_ascii_lowercase().ends_with("+json");
 
-        let (body, found) = if mime.is_empty() || mime == "application/json" || mime.ends_with("+json") {
-            let bytes = self.read_bounded(headers, body).await?;
+        if is_json {
+            let bytes = self.read_bounded(headers, body, self.config.max_body_bytes).await?;
             if bytes.is_empty() {
-                (bytes, None)
-            } else {
-                let found = model::find_json_model(&bytes)
-                    .map_err(|e| Error::InvalidJson(e.to_string()))?
-                    .map(|m| (m.name.into_owned(), m.span, Splice::Json));
-                (bytes, found)
+                return Ok(Prepared { payload: Payload::Held(bytes), model: None, tokens: 0 });
             }
-        } else if mime == "multipart/form-data" && op.has_multipart_model() {
+            let fields = model::read_json(&bytes).map_err(|e| Error::InvalidJson(e.to_string()))?;
+            let tokens = limit::estimate_tokens(bytes.len(), fields.max_tokens);
+            let model = fields.model.map(|m| ModelAt {
+                name: m.name.into_owned(),
+                span: m.span,
+                kind: Splice::Json,
+            });
+            return Ok(Prepared { payload: Payload::Held(bytes), model, tokens });
+        }
+        if mime.eq_ignore_ascii_case("multipart/form-data") && op.has_multipart_model() {
             let boundary = multer::parse_boundary(content_type)
                 .map_err(|e| Error::BadRequest(format!("invalid multipart content type: {e}")))?;
-            let bytes = self.read_bounded(headers, body).await?;
-            let found = model::find_form_model(&bytes, &boundary)
+            let bytes = self.read_bounded(headers, body, self.config.max_body_bytes).await?;
+            let model = model::find_form_model(&bytes, &boundary)
                 .await
                 .map_err(|e| Error::BadRequest(format!("invalid multipart body: {e}")))?
-                .map(|m| (m.name, m.span, Splice::Form));
-            (bytes, found)
-        } else {
-            return Ok(stream(body));
-        };
-
-        let Some((model, span, kind)) = found else {
-            if self.config.api == ApiStyle::Deployments && op.is_deployment_scoped() {
-                match &self.config.default_deployment {
-                    Some(d) => {
-                        return Ok(Prepared {
-                            body: Body::from(body),
-                            new_len: None,
-                            deployment: Some(d.clone()),
-                        });
-                    }
-                    None => {
-                        return Err(Error::BadRequest(
-                            "you must provide a model parameter".into(),
-                        ));
-                    }
-                }
-            }
-            return Ok(Prepared {
-                body: Body::from(body),
-                new_len: None,
-                deployment: None,
-            });
-        };
-
-        let deployment = self.config.deployment_for(&model);
-        if deployment == model {
-            // Nothing to rewrite: forward the very bytes received.
-            return Ok(Prepared {
-                body: Body::from(body),
-                new_len: None,
-                deployment: Some(model),
-            });
+                .map(|m| ModelAt { name: m.name, span: m.span, kind: Splice::Form });
+            return Ok(Prepared { payload: Payload::Held(bytes), model, tokens: 0 });
         }
-        let rewritten = match kind {
-            Splice::Json => model::splice_json_string(&body, span, deployment),
-            Splice::Form => model::splice_form_field(&body, span, deployment),
-        };
-        Ok(Prepared {
-            new_len: Some(rewritten.len()),
-            body: Body::from(rewritten),
-            deployment: Some(deployment.to_owned()),
-        })
+        self.hold_if_small(headers, body).await
     }
 
-    /// Reads a whole body, refusing more than `max_body_bytes` (early from
-    /// `Content-Length` when the client sent one).
-    async fn read_bounded(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Error> {
-        let limit = self.config.max_body_bytes;
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit as u64) {
+    /// A body keyless need not read is held for replay when its declared length is within
+    /// the replay cap (a bodiless GET, a small upload); otherwise it streams, sent once.
+    async fn hold_if_small(&self, headers: &HeaderMap, body: Incoming) -> Result<Prepared, Error> {
+        use http_body::Body as _;
+        if body.is_end_stream() {
+            return Ok(Prepared { payload: Payload::Held(Bytes::new()), model: None, tokens: 0 });
+        }
+        let cap = self.config.retry.max_replay_bytes;
+        match declared_length(headers) {
+            Some(len) if len <= cap as u64 && self.config.retry.attempts > 1 => {
+                let bytes = self.read_bounded(headers, body, cap).await?;
+                Ok(Prepared { payload: Payload::Held(bytes), model: None, tokens: 0 })
+            }
+            _ => Ok(Prepared::once(body)),
+        }
+    }
+
+    /// Reads a whole body, refusing more than `limit` (early from `Content-Length` when
+    /// the client sent one).
+    async fn read_bounded(&self, headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, Error> {
+        if declared_length(headers).is_some_and(|len| len > limit as u64) {
             return Err(Error::BodyTooLarge { limit });
         }
         match Limited::new(body, limit).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(Error::BodyTooLarge { limit })
-            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
             Err(e) => Err(Error::BodyRead(e.to_string())),
         }
     }
 
-    /// Signs and sends the request; hands Azure's answer back as it streams in.
-    async fn forward(
+    /// The attempt loop. Each turn picks a backend, passes its limiter, signs and sends;
+    /// a retryable answer cools the backend down and the next turn goes elsewhere, or
+    /// waits for Azure's named time. Only the response head is looked at: once a
+    /// response is returned, its body belongs to the client.
+    async fn proxy(
         &self,
-        mut parts: http::request::Parts,
-        uri: Uri,
-        prepared: Prepared,
-    ) -> Result<(Response<Body>, Option<String>), Error> {
-        let authorization = self
-            .tokens
-            .authorization()
-            .await
-            .map_err(|e| Error::NoToken(e.to_string()))?;
-        parts.uri = uri;
-        // hyper's client picks HTTP/2 itself through ALPN; a request marked HTTP/2 (from an
-        // h2c client) would be refused on an HTTP/1.1 connection.
-        parts.version = Version::HTTP_11;
-        rewrite::request_headers(&mut parts.headers, authorization);
-        if let Some(len) = prepared.new_len {
-            rewrite::set_content_length(&mut parts.headers, len);
-        }
-        let request = Request::from_parts(parts, prepared.body);
+        parts: &http::request::Parts,
+        plan: Plan<'_>,
+        mut prepared: Prepared,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, Error> {
+        let policy = self.config.retry;
+        let deadline = Instant::now() + policy.deadline;
+        let mut excluded = 0u64; // backends whose limiter refused this request
+        let mut limited: Option<limit::Rejected> = None;
+        let mut last: Option<(Response<Incoming>, Arc<str>)> = None;
+        let mut last_error: Option<Error> = None;
+        let mut reauthorised = false;
+        let mut failures = 0u32;
 
-        let timeout = self.config.timeouts.response;
-        let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Err(_) => return Err(Error::UpstreamTimeout(timeout)),
-            Ok(Err(e)) => return Err(Error::UpstreamUnreachable(error_chain(&e))),
-            Ok(Ok(response)) => response,
+        loop {
+            let choice = backend::pick(&plan.backends, excluded, Instant::now(), &mut rand::rng());
+            let index = match choice {
+                Pick::Use(i) => i,
+                Pick::Wait(wait) => {
+                    // Everything in play cools down. Wait for the soonest if that is
+                    // acceptable; otherwise hand back what Azure last said.
+                    let can_wait = wait <= policy.max_wait
+                        && Instant::now() + wait < deadline
+                        && outcome.attempts < policy.attempts
+                        && (outcome.attempts == 0 || prepared.replayable());
+                    if !can_wait {
+                        return self.give_up(last, last_error, limited, Some(wait), outcome);
+                    }
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Pick::None => return self.give_up(last, last_error, limited, None, outcome),
+            };
+            let backend = &plan.backends[index];
+            let deployment = &backend.deployment;
+
+            let permit = match &deployment.limiter {
+                Some(limiter) => {
+                    let mode = self.config.limits.mode;
+                    match limiter.admit(prepared.tokens, mode, self.config.limits.queue_timeout).await {
+                        Ok(permit) => permit,
+                        Err(rejected) => {
+                            tracing::debug!(backend = %backend.name, limit = rejected.limit, "limiter refused");
+                            excluded |= 1 << index;
+                            limited = Some(match limited {
+                                Some(l) if l.retry_after <= rejected.retry_after => l,
+                                _ => rejected,
+                            });
+                            continue;
+                        }
+                    }
+                }
+                None => None,
+            };
+
+            let Some((body, new_len)) = prepared.body_for(deployment.name.as_deref()) else {
+                // A streamed body already went out once: nothing left to send.
+                return self.give_up(last, last_error, limited, None, outcome);
+            };
+            let uri = self.uri_for(&plan, backend)?;
+            let authorization = deployment
+                .upstream
+                .tokens
+                .authorization()
+                .await
+                .map_err(|e| Error::NoToken(e.to_string()))?;
+
+            let mut request = Request::new(body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            // hyper's client picks HTTP/2 itself through ALPN; a request marked HTTP/2 (from
+            // an h2c client) would be refused on an HTTP/1.1 connection.
+            *request.version_mut() = Version::HTTP_11;
+            *request.headers_mut() = parts.headers.clone();
+            rewrite::request_headers(request.headers_mut(), authorization.clone());
+            if let Some(len) = new_len {
+                rewrite::set_content_length(request.headers_mut(), len);
+            }
+
+            outcome.attempts += 1;
+            outcome.backend = Some(backend.name.clone());
+            outcome.deployment = deployment.name.clone();
+            let timeout = self.config.timeouts.response;
+            let sent = tokio::time::timeout(timeout, self.client.request(request)).await;
+            let budget = policy.attempts + u32::from(reauthorised);
+            let can_retry = prepared.replayable() && outcome.attempts < budget && Instant::now() < deadline;
+
+            match sent {
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    if status == StatusCode::UNAUTHORIZED && !reauthorised && prepared.replayable() {
+                        // Azure refused a token the cache thought valid (revoked, or a role
+                        // just granted): fetch a new one once and replay, outside the
+                        // retry budget.
+                        reauthorised = true;
+                        deployment.upstream.tokens.invalidate(&authorization);
+                        tracing::info!(backend = %backend.name, "Azure refused the token: acquiring a new one");
+                        continue;
+                    }
+                    if !retry::is_retryable(status) {
+                        return Ok(self.respond(response, permit));
+                    }
+                    let asked = retry::azure_wait(response.headers(), SystemTime::now());
+                    let wait = asked.unwrap_or_else(|| {
+                        retry::backoff(failures, policy.backoff_base, policy.backoff_cap, &mut rand::rng())
+                    });
+                    failures += 1;
+                    deployment.cool_down(wait);
+                    let too_long = asked.is_some_and(|w| w > policy.max_wait)
+                        && !has_other(&plan.backends, index, excluded);
+                    if !can_retry || too_long {
+                        // Out of attempts, or Azure asks for longer than keyless waits: its
+                        // answer (with its retry headers) goes to the client at once.
+                        tracing::info!(backend = %backend.name, status = status.as_u16(), cool_down = ?wait, attempt = outcome.attempts, "Azure refused; no retry left, passing its answer on");
+                        return Ok(self.respond(response, permit));
+                    }
+                    tracing::info!(backend = %backend.name, status = status.as_u16(), cool_down = ?wait, attempt = outcome.attempts, "Azure refused; retrying");
+                    last = Some((response, backend.name.clone()));
+                    last_error = None;
+                }
+                Ok(Err(e)) => {
+                    let message = error_chain(&e);
+                    tracing::info!(backend = %backend.name, error = %message, attempt = outcome.attempts, "Azure unreachable");
+                    deployment.cool_down(retry::backoff(failures, policy.backoff_base, policy.backoff_cap, &mut rand::rng()));
+                    failures += 1;
+                    if !can_retry {
+                        return Err(Error::UpstreamUnreachable(message));
+                    }
+                    last = None;
+                    last_error = Some(Error::UpstreamUnreachable(message));
+                }
+                Err(_) => {
+                    tracing::info!(backend = %backend.name, ?timeout, attempt = outcome.attempts, "no response head in time");
+                    deployment.cool_down(retry::backoff(failures, policy.backoff_base, policy.backoff_cap, &mut rand::rng()));
+                    failures += 1;
+                    if !can_retry {
+                        return Err(Error::UpstreamTimeout(timeout));
+                    }
+                    last = None;
+                    last_error = Some(Error::UpstreamTimeout(timeout));
+                }
+            }
+        }
+    }
+
+    /// When no further attempt is possible: Azure's last answer if there is one, else the
+    /// last transport error, else the limiter's 429.
+    fn give_up(
+        &self,
+        last: Option<(Response<Incoming>, Arc<str>)>,
+        last_error: Option<Error>,
+        limited: Option<limit::Rejected>,
+        cooling: Option<std::time::Duration>,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, Error> {
+        if let Some((response, name)) = last {
+            outcome.backend = Some(name);
+            return Ok(self.respond(response, None));
+        }
+        if let Some(err) = last_error {
+            return Err(err);
+        }
+        if let Some(rejected) = limited {
+            return Err(Error::RateLimited {
+                limit: rejected.limit,
+                retry_after: rejected.retry_after,
+            });
+        }
+        Err(Error::RateLimited {
+            limit: "backend cool-down",
+            retry_after: cooling.unwrap_or_default(),
+        })
+    }
+
+    fn uri_for(&self, plan: &Plan<'_>, backend: &Backend) -> Result<Uri, Error> {
+        let endpoint = &backend.deployment.upstream.endpoint;
+        let pq = match (plan.op, plan.path) {
+            (Some(op), _) => route::upstream_path(
+                &endpoint.base_path,
+                self.config.api,
+                op,
+                backend.deployment.name.as_deref(),
+                &self.config.api_version,
+                plan.query,
+            ),
+            (None, Some(path)) => match plan.query {
+                Some(q) => format!("{}{path}?{q}", endpoint.base_path),
+                None => format!("{}{path}", endpoint.base_path),
+            },
+            (None, None) => return Err(Error::BadRequest("nothing to forward".into())),
         };
+        endpoint.uri(&pq)
+    }
+
+    /// Azure's answer, on its way to the client.
+    fn respond(&self, response: Response<Incoming>, permit: limit::Permit) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         rewrite::response_headers(&mut parts.headers);
         parts.version = Version::default();
-        Ok((Response::from_parts(parts, Body::Stream(body)), prepared.deployment))
+        let guard = permit.map(|p| Box::new(p) as Box<dyn std::any::Any + Send + Sync>);
+        let body = UpstreamBody::new(body, self.config.timeouts.idle, guard);
+        Response::from_parts(parts, Body::Upstream(Box::new(body)))
     }
 
     fn readiness(&self) -> Response<Body> {
         if self.draining.load(Ordering::Relaxed) {
-            return json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                r#"{"status":"shutting down"}"#.into(),
-            );
+            return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"shutting down"}"#.into());
         }
-        if self.tokens.is_ready() {
-            let expires_in = self
-                .tokens
+        let tokens = &self.router.default_upstream().tokens;
+        if tokens.is_ready() {
+            let expires_in = tokens
                 .expires_at()
-                .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
+                .and_then(|at| at.duration_since(SystemTime::now()).ok())
                 .map_or(0, |d| d.as_secs());
             let body = serde_json::json!({
                 "status": "ready",
-                "credential": self.tokens.source_name(),
+                "credential": tokens.source_name(),
                 "token_expires_in_secs": expires_in,
             });
             return json(StatusCode::OK, body.to_string().into());
         }
-        let reason = match self.tokens.state() {
+        let reason = match tokens.state() {
             crate::auth::TokenState::Failed(e) => e.to_string(),
             _ => "acquiring the first token".to_owned(),
         };
@@ -367,27 +550,35 @@ impl App {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Splice {
-    Json,
-    Form,
+/// Whether another backend than `index` is in play and not cooling down.
+fn has_other(backends: &[Backend], index: usize, excluded: u64) -> bool {
+    let now = Instant::now();
+    backends.iter().enumerate().any(|(i, b)| {
+        i != index && excluded & (1 << i) == 0 && b.deployment.cooling_for(now).is_none()
+    })
 }
 
-fn only_get(req: &Request<Incoming>) -> Result<(), Error> {
-    if req.method() == Method::GET || req.method() == Method::HEAD {
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+fn only_get(method: &Method) -> Result<(), Error> {
+    if method == Method::GET || method == Method::HEAD {
         Ok(())
     } else {
-        Err(Error::MethodNotAllowed(req.method().to_string()))
+        Err(Error::MethodNotAllowed(method.to_string()))
     }
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<Body> {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

@@ -101,6 +101,17 @@ pub struct Flags {
     /// Time to wait for a token from the credential [default: 30s].
     #[arg(long, env = "KEYLESS_TOKEN_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub token_timeout: Option<Duration>,
+    /// Longest silence between two body frames from Azure before the response is
+    /// aborted [default: 10m].
+    #[arg(long, env = "KEYLESS_IDLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Attempts per request, the first included [default: 3].
+    #[arg(long, env = "KEYLESS_MAX_ATTEMPTS", value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Longest wait keyless accepts before a retry; when Azure asks for more, its answer
+    /// goes to the client at once [default: 60s].
+    #[arg(long, env = "KEYLESS_RETRY_MAX_WAIT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub retry_max_wait: Option<Duration>,
     /// Log format [default: text].
     #[arg(long, env = "KEYLESS_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -126,7 +137,7 @@ struct RawConfig {
     api_version: Option<String>,
     deployment: Option<String>,
     #[serde(default)]
-    models: HashMap<String, String>,
+    models: HashMap<String, RawModel>,
     credential: Option<CredentialKind>,
     scope: Option<String>,
     tenant_id: Option<String>,
@@ -139,7 +150,55 @@ struct RawConfig {
     response_timeout: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     token_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    idle_timeout: Option<Duration>,
     log_format: Option<LogFormat>,
+    retry: Option<RawRetry>,
+    limits: Option<RawLimits>,
+}
+
+/// `[models]` values: a deployment name, or an ordered list of backends.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawModel {
+    Deployment(String),
+    Backends(Vec<RawBackend>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: Option<String>,
+    endpoint: Option<String>,
+    deployment: String,
+    priority: Option<u32>,
+    weight: Option<u32>,
+    scope: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: Option<u32>,
+    #[serde(default, with = "opt_duration")]
+    max_wait: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    deadline: Option<Duration>,
+    max_replay_bytes: Option<usize>,
+    #[serde(default, with = "opt_duration")]
+    backoff_base: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    backoff_cap: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    mode: Option<LimitMode>,
+    #[serde(default, with = "opt_duration")]
+    queue_timeout: Option<Duration>,
+    #[serde(default)]
+    deployments: HashMap<String, DeploymentLimits>,
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -158,7 +217,10 @@ const KNOWN_KEYS: &[&str] = &[
     "connect_timeout",
     "response_timeout",
     "token_timeout",
+    "idle_timeout",
     "log_format",
+    "retry",
+    "limits",
 ];
 
 mod opt_duration {
@@ -193,8 +255,101 @@ pub struct Timeouts {
     pub connect: Duration,
     /// From sending the request to receiving the response head.
     pub response: Duration,
+    /// Longest silence between two body frames.
+    pub idle: Duration,
     /// One token acquisition.
     pub token: Duration,
+}
+
+/// Where a model's requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelRoute {
+    /// One deployment on the default endpoint.
+    Deployment(String),
+    /// An ordered list of backends: lowest `priority` first, `weight` within a priority.
+    Backends(Vec<BackendSpec>),
+}
+
+/// One (endpoint, deployment) a model may be served by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// A name for logs and `x-keyless-backend`; defaults to `host/deployment`.
+    pub name: String,
+    /// The endpoint; `None` is the default endpoint.
+    pub endpoint: Option<Url>,
+    /// The deployment on that endpoint.
+    pub deployment: String,
+    /// Lower is preferred; backends of the next priority serve only when all of this
+    /// one are cooling down or at their limits.
+    pub priority: u32,
+    /// Share of traffic among backends of the same priority.
+    pub weight: u32,
+    /// Entra scope for this endpoint, if not the global one.
+    pub scope: Option<String>,
+}
+
+/// How keyless retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = no retry).
+    pub attempts: u32,
+    /// Longest wait before a retry that keyless accepts.
+    pub max_wait: Duration,
+    /// No attempt starts later than this after the request arrived.
+    pub deadline: Duration,
+    /// Bodies up to this size are held for replay; larger ones are sent once.
+    pub max_replay_bytes: usize,
+    /// First backoff ceiling when Azure names no wait.
+    pub backoff_base: Duration,
+    /// Largest backoff ceiling.
+    pub backoff_cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            max_wait: Duration::from_secs(60),
+            deadline: Duration::from_secs(300),
+            max_replay_bytes: DEFAULT_MAX_BODY_BYTES,
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(8),
+        }
+    }
+}
+
+/// What the rate limiter does with a request over the limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitMode {
+    /// Answer 429 with `retry-after` and `retry-after-ms`.
+    #[default]
+    Reject,
+    /// Hold the request up to `queue_timeout`, then answer 429.
+    Queue,
+}
+
+/// Limits for one deployment (on each endpoint that serves it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentLimits {
+    /// Requests per minute.
+    pub rpm: Option<std::num::NonZeroU32>,
+    /// Tokens per minute, estimated as Azure does before the call.
+    pub tpm: Option<std::num::NonZeroU32>,
+    /// Requests in flight at once (a stream counts until it ends).
+    pub max_concurrent: Option<std::num::NonZeroU32>,
+}
+
+/// Rate limiting.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Reject or queue.
+    pub mode: LimitMode,
+    /// Longest time a request waits in queue mode.
+    pub queue_timeout: Duration,
+    /// Limits by deployment name.
+    pub deployments: HashMap<String, DeploymentLimits>,
 }
 
 /// The validated configuration.
@@ -208,8 +363,8 @@ pub struct Config {
     pub api: ApiStyle,
     /// api-version for the deployments style.
     pub api_version: String,
-    /// Model name -> deployment name.
-    pub models: HashMap<String, String>,
+    /// Model name -> where it goes.
+    pub models: HashMap<String, ModelRoute>,
     /// Deployment for unmapped models; `None` means "a deployment named like the model".
     pub default_deployment: Option<String>,
     /// Entra scope.
@@ -218,6 +373,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Rate limits.
+    pub limits: Limits,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -271,14 +430,20 @@ impl Config {
             problems.push("api_version must not be empty".to_owned());
         }
 
-        let mut models = raw.models;
-        models.extend(flags.models.iter().cloned());
-        for (model, deployment) in &models {
-            if model.is_empty() || deployment.is_empty() {
-                problems.push(format!(
-                    "model mapping {model:?} = {deployment:?}: both sides must be non-empty"
-                ));
+        let mut models = HashMap::new();
+        for (model, route) in raw.models {
+            match validate_route(&model, route) {
+                Ok(route) => {
+                    models.insert(model, route);
+                }
+                Err(mut p) => problems.append(&mut p),
             }
+        }
+        for (model, deployment) in &flags.models {
+            models.insert(model.clone(), ModelRoute::Deployment(deployment.clone()));
+        }
+        if models.keys().any(String::is_empty) {
+            problems.push("a model name in [models] is empty".to_owned());
         }
 
         let scope = flags
@@ -356,15 +521,49 @@ impl Config {
                 .response_timeout
                 .or(raw.response_timeout)
                 .unwrap_or(Duration::from_secs(600)),
+            idle: flags
+                .idle_timeout
+                .or(raw.idle_timeout)
+                .unwrap_or(Duration::from_secs(600)),
             token: flags
                 .token_timeout
                 .or(raw.token_timeout)
                 .unwrap_or(Duration::from_secs(30)),
         };
+        let raw_retry = raw.retry.unwrap_or_default();
+        let defaults = RetryPolicy::default();
+        let retry = RetryPolicy {
+            attempts: flags
+                .max_attempts
+                .or(raw_retry.attempts)
+                .unwrap_or(defaults.attempts),
+            max_wait: flags
+                .retry_max_wait
+                .or(raw_retry.max_wait)
+                .unwrap_or(defaults.max_wait),
+            deadline: raw_retry.deadline.unwrap_or(defaults.deadline),
+            max_replay_bytes: raw_retry
+                .max_replay_bytes
+                .unwrap_or(defaults.max_replay_bytes),
+            backoff_base: raw_retry.backoff_base.unwrap_or(defaults.backoff_base),
+            backoff_cap: raw_retry.backoff_cap.unwrap_or(defaults.backoff_cap),
+        };
+        if retry.attempts == 0 {
+            problems.push("retry.attempts must be at least 1 (1 means no retry)".to_owned());
+        }
+        let raw_limits = raw.limits.unwrap_or_default();
+        let limits = Limits {
+            mode: raw_limits.mode.unwrap_or_default(),
+            queue_timeout: raw_limits.queue_timeout.unwrap_or(Duration::from_secs(30)),
+            deployments: raw_limits.deployments,
+        };
         for (name, value) in [
             ("connect_timeout", timeouts.connect),
             ("response_timeout", timeouts.response),
+            ("idle_timeout", timeouts.idle),
             ("token_timeout", timeouts.token),
+            ("retry.deadline", retry.deadline),
+            ("retry.backoff_cap", retry.backoff_cap),
         ] {
             if value.is_zero() {
                 problems.push(format!("{name} must be positive"));
@@ -385,18 +584,75 @@ impl Config {
                 scope,
                 max_body_bytes,
                 timeouts,
+                retry,
+                limits,
                 log_format: flags.log_format.or(raw.log_format).unwrap_or_default(),
             }),
             _ => Err(ConfigError(problems)),
         }
     }
 
-    /// The deployment a model maps to.
+    /// The deployment a model maps to on the default endpoint (the first backend's for
+    /// a model with a backend list).
     pub fn deployment_for<'a>(&'a self, model: &'a str) -> &'a str {
         match self.models.get(model) {
-            Some(deployment) => deployment,
+            Some(ModelRoute::Deployment(deployment)) => deployment,
+            Some(ModelRoute::Backends(backends)) => backends
+                .first()
+                .map_or(model, |b| b.deployment.as_str()),
             None => self.default_deployment.as_deref().unwrap_or(model),
         }
+    }
+}
+
+fn validate_route(model: &str, route: RawModel) -> Result<ModelRoute, Vec<String>> {
+    let backends = match route {
+        RawModel::Deployment(d) if d.is_empty() => {
+            return Err(vec![format!("models.{model}: the deployment name is empty")]);
+        }
+        RawModel::Deployment(d) => return Ok(ModelRoute::Deployment(d)),
+        RawModel::Backends(b) => b,
+    };
+    if backends.is_empty() {
+        return Err(vec![format!("models.{model}: the backend list is empty")]);
+    }
+    let mut problems = Vec::new();
+    let mut specs = Vec::new();
+    for (i, raw) in backends.into_iter().enumerate() {
+        let at = format!("models.{model}[{i}]");
+        let endpoint = match raw.endpoint.as_deref().map(normalise_endpoint) {
+            Some(Ok(url)) => Some(url),
+            Some(Err(e)) => {
+                problems.push(format!("{at}: {e}"));
+                continue;
+            }
+            None => None,
+        };
+        if raw.deployment.is_empty() {
+            problems.push(format!("{at}: deployment is empty"));
+        }
+        if raw.weight == Some(0) {
+            problems.push(format!("{at}: weight must be at least 1"));
+        }
+        let name = raw.name.unwrap_or_else(|| match &endpoint {
+            Some(url) => format!("{}/{}", url.host_str().unwrap_or("endpoint"), raw.deployment),
+            None => raw.deployment.clone(),
+        });
+        specs.push(BackendSpec {
+            name,
+            endpoint,
+            deployment: raw.deployment,
+            priority: raw.priority.unwrap_or(0),
+            weight: raw.weight.unwrap_or(1),
+            scope: raw.scope,
+        });
+    }
+    if problems.is_empty() {
+        // A stable order: by priority, then as written.
+        specs.sort_by_key(|b| b.priority);
+        Ok(ModelRoute::Backends(specs))
+    } else {
+        Err(problems)
     }
 }
 
@@ -532,6 +788,64 @@ mod tests {
         assert!(text.contains("`foo`"), "{text}");
         assert!(text.contains("`api`"), "{text}");
         assert!(text.contains("`max_body_bytes`"), "{text}");
+    }
+
+    #[test]
+    fn backend_lists_retry_and_limits_parse() {
+        let raw = parse_file(
+            r#"
+[models]
+simple = "dep"
+"gpt-4o" = [
+  { endpoint = "https://ptu.openai.azure.com", deployment = "gpt4o-ptu", priority = 0 },
+  { deployment = "gpt-4o", priority = 1, weight = 3, name = "paygo" },
+]
+[retry]
+attempts = 5
+max_wait = "10s"
+[limits]
+mode = "queue"
+queue_timeout = "5s"
+[limits.deployments.dep]
+rpm = 60
+tpm = 1000
+max_concurrent = 2
+"#,
+        )
+        .unwrap();
+        let c = Config::merge(&flags(), raw).unwrap();
+        assert_eq!(c.models["simple"], ModelRoute::Deployment("dep".into()));
+        let ModelRoute::Backends(b) = &c.models["gpt-4o"] else {
+            panic!("a list")
+        };
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].name, "ptu.openai.azure.com/gpt4o-ptu");
+        assert_eq!(b[1].name, "paygo");
+        assert_eq!(b[1].endpoint, None);
+        assert_eq!(b[1].weight, 3);
+        assert_eq!(c.retry.attempts, 5);
+        assert_eq!(c.retry.max_wait, Duration::from_secs(10));
+        assert_eq!(c.limits.mode, LimitMode::Queue);
+        assert_eq!(c.limits.deployments["dep"].rpm.unwrap().get(), 60);
+        assert_eq!(c.deployment_for("gpt-4o"), "gpt4o-ptu");
+    }
+
+    #[test]
+    fn bad_backends_are_all_reported() {
+        let raw = parse_file(
+            r#"
+[models]
+a = [ { endpoint = "http://evil.example.com", deployment = "x" }, { deployment = "", weight = 0 } ]
+b = []
+"#,
+        )
+        .unwrap();
+        let err = Config::merge(&flags(), raw).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.0.len(), 4, "{text}");
+        assert!(text.contains("must be https"), "{text}");
+        assert!(text.contains("weight"), "{text}");
+        assert!(text.contains("empty"), "{text}");
     }
 
     #[test]

@@ -47,6 +47,14 @@ pub enum Error {
     /// The proxy is shutting down and takes no new requests.
     #[error("keyless is shutting down")]
     ShuttingDown,
+    /// keyless's own rate limit (or every backend cooling down) refused the request.
+    #[error("Rate limit reached ({limit}); retry after {:.3} seconds", retry_after.as_secs_f64())]
+    RateLimited {
+        /// Which limit.
+        limit: &'static str,
+        /// When the request would be admitted.
+        retry_after: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -62,6 +70,7 @@ impl Error {
             Error::NoToken(_) | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -78,6 +87,7 @@ impl Error {
             Error::ShuttingDown => ("keyless_error", "shutting_down"),
             Error::UpstreamUnreachable(_) => ("keyless_error", "upstream_unreachable"),
             Error::UpstreamTimeout(_) => ("keyless_error", "upstream_timeout"),
+            Error::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
         }
     }
 
@@ -103,6 +113,15 @@ impl Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Error::RateLimited { retry_after, .. } = self {
+            // Both forms: the OpenAI SDKs read retry-after-ms first, other clients
+            // retry-after (whole seconds, rounded up so nobody comes back too early).
+            let ms = retry_after.as_millis().max(1);
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let headers = response.headers_mut();
+            headers.insert("retry-after-ms", HeaderValue::from(ms as u64));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         response
     }
 }
@@ -119,6 +138,19 @@ mod tests {
         assert_eq!(v["error"]["code"], "invalid_json");
         assert!(v["error"]["message"].as_str().unwrap().contains("not valid JSON"));
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn rate_limited_carries_both_retry_headers() {
+        let err = Error::RateLimited {
+            limit: "requests per minute",
+            retry_after: std::time::Duration::from_millis(1500),
+        };
+        let r: Response<String> = err.to_response::<Bytes>().map(|b| String::from_utf8(b.to_vec()).unwrap());
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after-ms"], "1500");
+        assert_eq!(r.headers()["retry-after"], "2");
+        assert!(r.body().contains("rate_limit_exceeded"));
     }
 
     #[test]

@@ -8,10 +8,13 @@
 
 pub mod app;
 pub mod auth;
+pub mod backend;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod limit;
 pub mod model;
+pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod server;
@@ -20,6 +23,7 @@ pub mod upstream;
 
 use auth::{Acquire, TokenCache};
 use config::{Config, Target};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -80,20 +84,47 @@ pub async fn run_with_identity(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let tasks = TaskTracker::new();
-    // The refresher stops only after the server has drained, so requests finishing in the
+    // The refreshers stop only after the server has drained, so requests finishing in the
     // grace period can still be signed.
     let refresher_stop = CancellationToken::new();
-    let tokens = TokenCache::start(
-        identity,
-        config.scope.clone(),
-        config.timeouts.token,
-        refresher_stop.clone(),
-        &tasks,
-    );
+    // One token cache per scope, shared by every endpoint that uses the scope.
+    let mut caches: HashMap<String, TokenCache> = HashMap::new();
+    let mut cache_for = |scope: &str| {
+        caches
+            .entry(scope.to_owned())
+            .or_insert_with(|| {
+                TokenCache::start(
+                    identity.clone(),
+                    scope.to_owned(),
+                    config.timeouts.token,
+                    refresher_stop.clone(),
+                    &tasks,
+                )
+            })
+            .clone()
+    };
+    let default = Arc::new(backend::Upstream {
+        endpoint: backend::Endpoint::new(&endpoint).map_err(StartError::Invalid)?,
+        tokens: cache_for(&config.scope),
+    });
+    let mut upstreams: HashMap<(String, String), Arc<backend::Upstream>> = HashMap::new();
+    let router = backend::Router::new(&config, default.clone(), |url, scope| {
+        let url = url.unwrap_or(&endpoint);
+        let scope = scope.unwrap_or(&config.scope);
+        let key = (url.to_string(), scope.to_owned());
+        if let Some(up) = upstreams.get(&key) {
+            return Ok(up.clone());
+        }
+        let up = Arc::new(backend::Upstream {
+            endpoint: backend::Endpoint::new(url)?,
+            tokens: cache_for(scope),
+        });
+        upstreams.insert(key, up.clone());
+        Ok(up)
+    })
+    .map_err(StartError::Invalid)?;
     let client = upstream::client(config.timeouts.connect)?;
-    let app = Arc::new(
-        app::App::new(config, &endpoint, tokens, client).map_err(StartError::Invalid)?,
-    );
+    let app = Arc::new(app::App::new(config, router, client));
     server::serve(listener, app, shutdown, DEFAULT_GRACE).await;
     refresher_stop.cancel();
     tasks.close();

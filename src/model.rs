@@ -22,14 +22,39 @@ pub struct JsonModel<'a> {
     pub span: Range<usize>,
 }
 
+/// What keyless reads of a JSON request body.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct JsonFields<'a> {
+    /// The top-level string `model`.
+    pub model: Option<JsonModel<'a>>,
+    /// The completion budget: `max_tokens`, `max_completion_tokens` or
+    /// `max_output_tokens` (the first present as a whole number).
+    pub max_tokens: Option<u64>,
+}
+
 /// Validates `body` as JSON and finds its top-level string `model`, if any.
 ///
 /// A body that is valid JSON but not an object, or whose `model` is not a string, gives
 /// `Ok(None)`: Azure will say what is wrong with it. Invalid JSON is an error.
 pub fn find_json_model(body: &[u8]) -> Result<Option<JsonModel<'_>>, serde_json::Error> {
+    read_json(body).map(|fields| fields.model)
+}
+
+/// Validates `body` as JSON and reads its `model` and completion budget in one pass.
+pub fn read_json(body: &[u8]) -> Result<JsonFields<'_>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let raw = TopLevel.deserialize(&mut de)?;
+    let (raw, max_tokens) = TopLevel.deserialize(&mut de)?;
     de.end()?;
+    Ok(JsonFields {
+        model: model_span(body, raw)?,
+        max_tokens,
+    })
+}
+
+fn model_span<'a>(
+    body: &'a [u8],
+    raw: Option<&'a RawValue>,
+) -> Result<Option<JsonModel<'a>>, serde_json::Error> {
     let Some(raw) = raw else { return Ok(None) };
     let text = raw.get();
     if !text.starts_with('"') {
@@ -61,8 +86,11 @@ fn splice(body: &[u8], span: Range<usize>, replacement: &[u8]) -> Bytes {
 /// Visits the top level: an object is scanned for `model`, anything else is skipped.
 struct TopLevel;
 
+/// The raw `model` and the completion budget.
+type Found<'de> = (Option<&'de RawValue>, Option<u64>);
+
 impl<'de> DeserializeSeed<'de> for TopLevel {
-    type Value = Option<&'de RawValue>;
+    type Value = Found<'de>;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
         de.deserialize_any(self)
@@ -70,7 +98,7 @@ impl<'de> DeserializeSeed<'de> for TopLevel {
 }
 
 impl<'de> Visitor<'de> for TopLevel {
-    type Value = Option<&'de RawValue>;
+    type Value = Found<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
@@ -78,41 +106,49 @@ impl<'de> Visitor<'de> for TopLevel {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut model = None;
+        let mut max_tokens = None;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if key == "model" {
-                if model.is_some() {
-                    return Err(de::Error::custom("duplicate field `model`"));
+            match &*key {
+                "model" => {
+                    if model.is_some() {
+                        return Err(de::Error::custom("duplicate field `model`"));
+                    }
+                    model = Some(map.next_value::<&'de RawValue>()?);
                 }
-                model = Some(map.next_value::<&'de RawValue>()?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
+                "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
+                    let raw = map.next_value::<&'de RawValue>()?;
+                    max_tokens = max_tokens.or_else(|| raw.get().parse::<u64>().ok());
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
         }
-        Ok(model)
+        Ok((model, max_tokens))
     }
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(None)
+        Ok((None, None))
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok((None, None))
     }
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok((None, None))
     }
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok((None, None))
     }
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok((None, None))
     }
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok((None, None))
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok((None, None))
     }
 }
 
@@ -237,6 +273,16 @@ mod tests {
         assert!(find_json_model(br#"{"model":"a"} trailing"#).is_err());
         assert!(find_json_model(b"").is_err());
         assert!(find_json_model(br#"{"model":"a","model":"b"}"#).is_err());
+    }
+
+    #[test]
+    fn reads_the_completion_budget() {
+        let f = read_json(br#"{"model":"m","max_completion_tokens":500,"max_tokens":9}"#).unwrap();
+        assert_eq!(f.max_tokens, Some(500));
+        assert_eq!(f.model.unwrap().name, "m");
+        let f = read_json(br#"{"input":"x","max_output_tokens":"lots"}"#).unwrap();
+        assert_eq!(f.max_tokens, None);
+        assert_eq!(f.model, None);
     }
 
     #[test]

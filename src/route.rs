@@ -98,6 +98,9 @@ pub fn classify(path: &str) -> Inbound<'_> {
             Inbound::Azure(path)
         };
     }
+    if path.contains("//") {
+        return Inbound::Unknown;
+    }
     let op = match path.strip_prefix("/v1/") {
         Some(op) => op,
         None => {
@@ -110,7 +113,7 @@ pub fn classify(path: &str) -> Inbound<'_> {
         }
     };
     let op = op.trim_end_matches('/');
-    if op.is_empty() || has_dot_segment(op) || op.contains("//") {
+    if op.is_empty() || has_dot_segment(op) {
         return Inbound::Unknown;
     }
     Inbound::OpenAi(Op { path: op })

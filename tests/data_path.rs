@@ -205,7 +205,9 @@ async fn azure_errors_pass_through_verbatim() {
         body: Bytes::from_static(azure_429.as_bytes()),
     })
     .await;
-    let proxy = Proxy::start(flags(), &mock.url, TestIdentity::ok()).await;
+    let mut f = flags();
+    f.max_attempts = Some(1); // retries have their own tests
+    let proxy = Proxy::start(f, &mock.url, TestIdentity::ok()).await;
     let r = client()
         .post(format!("{}/v1/chat/completions", proxy.base))
         .header("content-type", "application/json")

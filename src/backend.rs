@@ -1,0 +1,401 @@
+//! Backends: the (endpoint, deployment) pairs a model may be served by, each with its own
+//! cool-down and limits, and the choice of one for each attempt.
+//!
+//! State is per (endpoint, scope, deployment) and shared by every model that names the
+//! same pair, because Azure's quotas and throttling are per deployment.
+
+use crate::auth::TokenCache;
+use crate::config::{BackendSpec, Config, DeploymentLimits, ModelRoute};
+use crate::error::Error;
+use crate::limit::Limiter;
+use arc_swap::ArcSwap;
+use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use url::Url;
+
+/// An Azure OpenAI endpoint, split once at start-up so the hot path only joins parts.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    scheme: Scheme,
+    authority: Authority,
+    /// The endpoint's own path, e.g. `` or `/gateway` (never ending in `/`).
+    pub base_path: String,
+}
+
+impl Endpoint {
+    /// Splits `url` (already checked by the config).
+    pub fn new(url: &Url) -> Result<Endpoint, String> {
+        let uri: Uri = url
+            .as_str()
+            .parse()
+            .map_err(|e| format!("endpoint {url} is not a valid URI: {e}"))?;
+        let parts = uri.into_parts();
+        Ok(Endpoint {
+            scheme: parts.scheme.ok_or("endpoint has no scheme")?,
+            authority: parts.authority.ok_or("endpoint has no host")?,
+            base_path: url.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The URI of `path_and_query` on this endpoint.
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, Error> {
+        let pq = PathAndQuery::try_from(path_and_query)
+            .map_err(|e| Error::BadRequest(format!("cannot build the upstream path: {e}")))?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| Error::BadRequest(format!("cannot build the upstream URI: {e}")))
+    }
+
+    /// The host, for names and logs.
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
+}
+
+/// An endpoint and the token cache for its scope.
+pub struct Upstream {
+    /// Where requests go.
+    pub endpoint: Endpoint,
+    /// Who signs them.
+    pub tokens: TokenCache,
+}
+
+/// The shared state of one deployment on one upstream.
+pub struct Deployment {
+    /// The upstream serving it.
+    pub upstream: Arc<Upstream>,
+    /// The deployment name; `None` for Azure-style pass-through requests, whose path
+    /// already names what they want.
+    pub name: Option<String>,
+    /// Its limits, if any are configured.
+    pub limiter: Option<Limiter>,
+    /// Milliseconds after the router's epoch until which it is cooling down.
+    cooling_until: AtomicU64,
+    epoch: Instant,
+}
+
+impl Deployment {
+    fn new(upstream: Arc<Upstream>, name: Option<String>, limits: Option<&DeploymentLimits>, epoch: Instant) -> Deployment {
+        Deployment {
+            upstream,
+            limiter: limits.and_then(Limiter::new),
+            name,
+            cooling_until: AtomicU64::new(0),
+            epoch,
+        }
+    }
+
+    /// Keeps traffic away for `wait` (Azure's retry-after, or a backoff).
+    pub fn cool_down(&self, wait: Duration) {
+        let until = (Instant::now() + wait).duration_since(self.epoch).as_millis() as u64;
+        self.cooling_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// How long it still cools down, if it does.
+    pub fn cooling_for(&self, now: Instant) -> Option<Duration> {
+        let until = self.cooling_until.load(Ordering::Relaxed);
+        let now = now.duration_since(self.epoch).as_millis() as u64;
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+}
+
+/// One way to serve a model: a deployment, with its place in the model's order.
+#[derive(Clone)]
+pub struct Backend {
+    /// For logs and `x-keyless-backend`.
+    pub name: Arc<str>,
+    /// The deployment's shared state.
+    pub deployment: Arc<Deployment>,
+    /// Lower is preferred.
+    pub priority: u32,
+    /// Share within a priority.
+    pub weight: u32,
+}
+
+/// The outcome of choosing a backend for an attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// Use this backend (an index into the list).
+    Use(usize),
+    /// Every backend still in play cools down; the soonest is free after this wait.
+    Wait(Duration),
+    /// No backend is left in play for this request.
+    None,
+}
+
+/// Chooses the backend for an attempt: the lowest priority with a backend that is neither
+/// cooling down nor `excluded` (refused by its limiter for this request), by weight
+/// within that priority. `backends` is sorted by priority.
+pub fn pick(backends: &[Backend], excluded: u64, now: Instant, rng: &mut impl Rng) -> Pick {
+    let mut soonest: Option<Duration> = None;
+    let mut i = 0;
+    while i < backends.len() {
+        let priority = backends[i].priority;
+        let group_end = backends[i..]
+            .iter()
+            .position(|b| b.priority != priority)
+            .map_or(backends.len(), |p| i + p);
+        let mut total = 0u64;
+        for (j, b) in backends.iter().enumerate().take(group_end).skip(i) {
+            if excluded & (1 << j) != 0 {
+                continue;
+            }
+            match b.deployment.cooling_for(now) {
+                Some(wait) => soonest = Some(soonest.map_or(wait, |s| s.min(wait))),
+                None => total += u64::from(b.weight),
+            }
+        }
+        if total > 0 {
+            let mut ticket = rng.random_range(0..total);
+            for (j, b) in backends.iter().enumerate().take(group_end).skip(i) {
+                if excluded & (1 << j) != 0 || b.deployment.cooling_for(now).is_some() {
+                    continue;
+                }
+                if ticket < u64::from(b.weight) {
+                    return Pick::Use(j);
+                }
+                ticket -= u64::from(b.weight);
+            }
+        }
+        i = group_end;
+    }
+    soonest.map_or(Pick::None, Pick::Wait)
+}
+
+/// Most backends one model may list (a request tracks them in a 64-bit mask).
+pub const MAX_BACKENDS: usize = 64;
+/// Most deployments remembered for models sent without a mapping: a bound on what
+/// clients sending arbitrary model names can make keyless hold.
+const MAX_LEARNED: usize = 1024;
+
+/// Model -> backends, built once at start-up.
+pub struct Router {
+    default: Arc<Upstream>,
+    passthrough: Arc<[Backend]>,
+    configured: HashMap<String, Arc<[Backend]>>,
+    /// Deployments on the default endpoint reached by unmapped models, learned as they
+    /// come (copy-on-write: reads are a lock-free load).
+    learned: ArcSwap<HashMap<String, Arc<[Backend]>>>,
+    limits: HashMap<String, DeploymentLimits>,
+    epoch: Instant,
+}
+
+impl Router {
+    /// Builds the routes of `config`. `upstream_for(endpoint, scope)` returns the shared
+    /// upstream for an endpoint (`None`: the default one) and scope.
+    pub fn new(
+        config: &Config,
+        default: Arc<Upstream>,
+        mut upstream_for: impl FnMut(Option<&Url>, Option<&str>) -> Result<Arc<Upstream>, String>,
+    ) -> Result<Router, String> {
+        let epoch = Instant::now();
+        let limits = config.limits.deployments.clone();
+        let mut states: HashMap<(usize, String), Arc<Deployment>> = HashMap::new();
+        let mut configured = HashMap::new();
+        for (model, route) in &config.models {
+            let specs = match route {
+                ModelRoute::Deployment(d) => vec![BackendSpec {
+                    name: d.clone(),
+                    endpoint: None,
+                    deployment: d.clone(),
+                    priority: 0,
+                    weight: 1,
+                    scope: None,
+                }],
+                ModelRoute::Backends(specs) => specs.clone(),
+            };
+            if specs.len() > MAX_BACKENDS {
+                return Err(format!("models.{model}: at most {MAX_BACKENDS} backends"));
+            }
+            let mut backends = Vec::with_capacity(specs.len());
+            for spec in specs {
+                let upstream = match (&spec.endpoint, &spec.scope) {
+                    (None, None) => default.clone(),
+                    (endpoint, scope) => upstream_for(endpoint.as_ref(), scope.as_deref())?,
+                };
+                let key = (Arc::as_ptr(&upstream) as usize, spec.deployment.clone());
+                let state = states
+                    .entry(key)
+                    .or_insert_with(|| {
+                        Arc::new(Deployment::new(
+                            upstream.clone(),
+                            Some(spec.deployment.clone()),
+                            limits.get(&spec.deployment),
+                            epoch,
+                        ))
+                    })
+                    .clone();
+                backends.push(Backend {
+                    name: spec.name.into(),
+                    deployment: state,
+                    priority: spec.priority,
+                    weight: spec.weight,
+                });
+            }
+            configured.insert(model.clone(), backends.into());
+        }
+        let passthrough = Arc::from(vec![Backend {
+            name: default.endpoint.host().into(),
+            deployment: Arc::new(Deployment::new(default.clone(), None, None, epoch)),
+            priority: 0,
+            weight: 1,
+        }]);
+        Ok(Router {
+            default,
+            passthrough,
+            configured,
+            learned: ArcSwap::from_pointee(HashMap::new()),
+            limits,
+            epoch,
+        })
+    }
+
+    /// The default endpoint's upstream.
+    pub fn default_upstream(&self) -> &Arc<Upstream> {
+        &self.default
+    }
+
+    /// The backends for Azure-style requests: the default endpoint, path as sent.
+    pub fn passthrough(&self) -> Arc<[Backend]> {
+        self.passthrough.clone()
+    }
+
+    /// The backends of a configured model.
+    pub fn configured(&self, model: &str) -> Option<Arc<[Backend]>> {
+        self.configured.get(model).cloned()
+    }
+
+    /// The backend list for `deployment` on the default endpoint (an unmapped model, or
+    /// a request without a model), learned on first use.
+    pub fn on_default(&self, deployment: &str) -> Arc<[Backend]> {
+        if let Some(found) = self.learned.load().get(deployment) {
+            return found.clone();
+        }
+        let made: Arc<[Backend]> = Arc::from(vec![Backend {
+            name: deployment.into(),
+            deployment: Arc::new(Deployment::new(
+                self.default.clone(),
+                Some(deployment.to_owned()),
+                self.limits.get(deployment),
+                self.epoch,
+            )),
+            priority: 0,
+            weight: 1,
+        }]);
+        if self.learned.load().len() >= MAX_LEARNED {
+            return made;
+        }
+        let mut result = made.clone();
+        self.learned.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            result = map
+                .entry(deployment.to_owned())
+                .or_insert_with(|| made.clone())
+                .clone();
+            map
+        });
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Acquire, AuthError, Token};
+    use futures_util::future::BoxFuture;
+
+    struct NoIdentity;
+    impl Acquire for NoIdentity {
+        fn acquire<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Token, AuthError>> {
+            Box::pin(std::future::pending())
+        }
+        fn name(&self) -> String {
+            "none".into()
+        }
+    }
+
+    fn upstream() -> Arc<Upstream> {
+        Arc::new(Upstream {
+            endpoint: Endpoint::new(&Url::parse("https://a.openai.azure.com").unwrap()).unwrap(),
+            tokens: TokenCache::start(
+                Arc::new(NoIdentity),
+                "s".into(),
+                Duration::from_secs(1),
+                tokio_util::sync::CancellationToken::new(),
+                &tokio_util::task::TaskTracker::new(),
+            ),
+        })
+    }
+
+    fn backend(up: &Arc<Upstream>, name: &str, priority: u32, weight: u32) -> Backend {
+        Backend {
+            name: name.into(),
+            deployment: Arc::new(Deployment::new(up.clone(), Some(name.into()), None, Instant::now())),
+            priority,
+            weight,
+        }
+    }
+
+    #[tokio::test]
+    async fn lowest_priority_first_then_failover_when_cooling() {
+        let up = upstream();
+        let list = vec![backend(&up, "ptu", 0, 1), backend(&up, "paygo", 1, 1)];
+        let mut rng = rand::rng();
+        let now = Instant::now();
+        assert_eq!(pick(&list, 0, now, &mut rng), Pick::Use(0));
+        list[0].deployment.cool_down(Duration::from_secs(10));
+        assert_eq!(pick(&list, 0, Instant::now(), &mut rng), Pick::Use(1));
+        list[1].deployment.cool_down(Duration::from_secs(3));
+        match pick(&list, 0, Instant::now(), &mut rng) {
+            Pick::Wait(w) => assert!(w <= Duration::from_secs(3) && w > Duration::from_secs(2)),
+            other => panic!("{other:?}"),
+        }
+        // With the paygo backend out of play, only the ptu's longer cool-down is left.
+        match pick(&list, 0b10, Instant::now(), &mut rng) {
+            Pick::Wait(w) => assert!(w > Duration::from_secs(9)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn excluded_backends_are_skipped_and_none_is_left() {
+        let up = upstream();
+        let list = vec![backend(&up, "a", 0, 1), backend(&up, "b", 0, 1)];
+        let mut rng = rand::rng();
+        assert_eq!(pick(&list, 0b01, Instant::now(), &mut rng), Pick::Use(1));
+        assert_eq!(pick(&list, 0b11, Instant::now(), &mut rng), Pick::None);
+    }
+
+    #[tokio::test]
+    async fn weights_share_traffic_within_a_priority() {
+        let up = upstream();
+        let list = vec![backend(&up, "a", 0, 3), backend(&up, "b", 0, 1), backend(&up, "c", 1, 100)];
+        let mut rng = rand::rng();
+        let mut counts = [0; 3];
+        for _ in 0..4000 {
+            if let Pick::Use(i) = pick(&list, 0, Instant::now(), &mut rng) {
+                counts[i] += 1;
+            }
+        }
+        assert_eq!(counts[2], 0, "a lower priority serves only when the first is out");
+        assert!((2700..3300).contains(&counts[0]), "{counts:?}");
+    }
+
+    #[tokio::test]
+    async fn cool_down_ends() {
+        let up = upstream();
+        let b = backend(&up, "a", 0, 1);
+        b.deployment.cool_down(Duration::from_millis(30));
+        assert!(b.deployment.cooling_for(Instant::now()).is_some());
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(b.deployment.cooling_for(Instant::now()).is_none());
+    }
+}
