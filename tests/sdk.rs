@@ -1,0 +1,191 @@
+//! End to end with the official OpenAI SDKs as clients: openai-python and openai-node
+//! (pinned in tests/sdk/) run `tests/sdk/python_client.py` and `tests/sdk/node_client.mjs`
+//! against a real `keyless` process over real sockets, in three set-ups:
+//!
+//! - `keyless serve --simulate`: the embedded simulator and its in-process identity;
+//! - `keyless serve --api deployments --credential managed-identity` in front of a
+//!   standalone `keyless simulator`, whose `/msi/token` the real azure_identity
+//!   `ManagedIdentityCredential` reaches through `IDENTITY_ENDPOINT`/`IDENTITY_HEADER`
+//!   (the simulator accepts only the tokens it minted there);
+//! - the same with `--api v1`.
+//!
+//! The scripts hold the assertions (chat, streaming, Responses, embeddings, models, audio,
+//! the Azure client, errors, model mapping); a test here fails when its script exits
+//! non-zero, and shows the script's output and keyless's log.
+//!
+//! `tests/sdk/setup.sh` installs the SDKs once per test run (a missing python3, node or npm,
+//! or a failed install, fails every test here with its reason: nothing is skipped).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+use support::{KeylessProcess, spawn_keyless, spawn_simulator};
+
+/// keyless runs with these `--model` mappings; the scripts get them as `--map` to know what
+/// deployment the simulator must echo (unmapped models keep their name).
+const MAPPINGS: &[&str] = &["gpt-4o-mini=prod-mini", "whisper=prod-whisper"];
+
+/// The `x-identity-header` secret of the standalone simulator's `/msi/token`.
+const IDENTITY_SECRET: &str = "sdk-test-identity-secret";
+
+/// A script's whole run; it takes a few seconds, the rest is slack for a loaded machine.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The first `setup.sh` may download the SDKs.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("sdk")
+}
+
+/// Runs `tests/sdk/setup.sh` once for all the tests of this binary (the others wait for it);
+/// panics with its output if it failed. The script locks itself against other processes.
+fn sdks_installed() {
+    static SETUP: OnceLock<Result<(), String>> = OnceLock::new();
+    let outcome = SETUP.get_or_init(|| {
+        let mut command = Command::new("bash");
+        command.arg(sdk_dir().join("setup.sh"));
+        let finished = support::run_with_timeout(command, SETUP_TIMEOUT);
+        if finished.success() {
+            Ok(())
+        } else {
+            Err(finished.report())
+        }
+    });
+    if let Err(report) = outcome {
+        panic!("tests/sdk/setup.sh could not install the OpenAI SDKs:\n{report}");
+    }
+}
+
+/// Which SDK drives keyless.
+#[derive(Clone, Copy, Debug)]
+enum Sdk {
+    Python,
+    Node,
+}
+
+/// Runs the SDK's client script against `keyless` and fails the test, with the script's
+/// output and every process's log, unless it exits 0.
+#[track_caller]
+fn run_client(sdk: Sdk, keyless: &KeylessProcess, upstream: Option<&KeylessProcess>) {
+    sdks_installed();
+    let dir = sdk_dir();
+    let mut command = match sdk {
+        Sdk::Python => {
+            let mut c = Command::new(dir.join(".venv").join("bin").join("python"));
+            c.arg(dir.join("python_client.py"));
+            c
+        }
+        Sdk::Node => {
+            let mut c = Command::new("node");
+            c.arg(dir.join("node_client.mjs"));
+            c
+        }
+    };
+    command.arg(keyless.url());
+    for mapping in MAPPINGS {
+        command.args(["--map", mapping]);
+    }
+    // The scripts talk to loopback only: no proxy, and no OpenAI or Azure setting of the
+    // developer's shell (OPENAI_LOG, AZURE_OPENAI_AD_TOKEN...) may change what they send.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let lower = name.to_ascii_lowercase();
+        if name.starts_with("OPENAI_") || name.starts_with("AZURE_") || lower.ends_with("_proxy") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(&dir);
+
+    let finished = support::run_with_timeout(command, SCRIPT_TIMEOUT);
+    if !finished.success() {
+        let upstream = upstream.map(KeylessProcess::report).unwrap_or_default();
+        panic!(
+            "the {sdk:?} SDK client failed against {}: {}\n{}\n{upstream}",
+            keyless.url(),
+            finished.report(),
+            keyless.report(),
+        );
+    }
+}
+
+/// `keyless serve --simulate` with the test's model mappings.
+fn simulated() -> KeylessProcess {
+    let mut args = vec!["--simulate", "--listen", "127.0.0.1:0"];
+    for mapping in MAPPINGS {
+        args.extend(["--model", mapping]);
+    }
+    spawn_keyless(&args, &[])
+}
+
+/// A standalone simulator with `/msi/token`, and keyless in front of it with the real
+/// managed identity credential and the `api` path style.
+fn behind_managed_identity(api: &str) -> (KeylessProcess, KeylessProcess) {
+    let simulator = spawn_simulator(Some(IDENTITY_SECRET));
+    let endpoint = simulator.url();
+    let identity_endpoint = format!("{endpoint}/msi/token");
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--endpoint",
+        &endpoint,
+        "--api",
+        api,
+        "--credential",
+        "managed-identity",
+    ];
+    for mapping in MAPPINGS {
+        args.extend(["--model", mapping]);
+    }
+    let keyless = spawn_keyless(
+        &args,
+        &[
+            ("IDENTITY_ENDPOINT", &identity_endpoint),
+            ("IDENTITY_HEADER", IDENTITY_SECRET),
+        ],
+    );
+    (keyless, simulator)
+}
+
+#[test]
+fn python_sdk_through_simulate() {
+    let keyless = simulated();
+    run_client(Sdk::Python, &keyless, None);
+}
+
+#[test]
+fn node_sdk_through_simulate() {
+    let keyless = simulated();
+    run_client(Sdk::Node, &keyless, None);
+}
+
+#[test]
+fn python_sdk_through_managed_identity_deployments_api() {
+    let (keyless, simulator) = behind_managed_identity("deployments");
+    run_client(Sdk::Python, &keyless, Some(&simulator));
+}
+
+#[test]
+fn node_sdk_through_managed_identity_deployments_api() {
+    let (keyless, simulator) = behind_managed_identity("deployments");
+    run_client(Sdk::Node, &keyless, Some(&simulator));
+}
+
+#[test]
+fn python_sdk_through_managed_identity_v1_api() {
+    let (keyless, simulator) = behind_managed_identity("v1");
+    run_client(Sdk::Python, &keyless, Some(&simulator));
+}
+
+#[test]
+fn node_sdk_through_managed_identity_v1_api() {
+    let (keyless, simulator) = behind_managed_identity("v1");
+    run_client(Sdk::Node, &keyless, Some(&simulator));
+}
