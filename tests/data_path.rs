@@ -1,13 +1,12 @@
 //! The data path, end to end over real sockets: a client, an in-process keyless, and a
 //! recording mock Azure upstream. Each test owns its ports.
 
-#[path = "support/mock.rs"]
-mod mock;
+mod support;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use keyless::config::ApiStyle;
-use mock::{Mock, Proxy, Reply, TestIdentity, client, flags};
+use support::mock::{Mock, Proxy, Reply, TestIdentity, client, flags};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 

@@ -1,6 +1,5 @@
 //! A mock Azure OpenAI upstream that records every request and answers as each test
 //! scripts it, plus an in-process keyless with a counting identity.
-#![allow(dead_code)]
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
