@@ -13,7 +13,7 @@
 //!    streams in, so SSE frames reach the client as Azure sends them.
 
 use crate::backend::{self, Backend, Pick, Router};
-use crate::body::{Body, UpstreamBody};
+use crate::body::{Body, End, UpstreamBody};
 use crate::config::{ApiStyle, Config};
 use crate::error::Error;
 use crate::limit;
@@ -21,6 +21,7 @@ use crate::model;
 use crate::retry;
 use crate::rewrite;
 use crate::route::{self, Inbound, Op};
+use crate::telemetry::{BackendLabels, LimitLabels, RequestLog, RetryLabels, Telemetry};
 use crate::upstream::Client;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
@@ -37,7 +38,17 @@ pub struct App {
     config: Config,
     router: Router,
     client: Client,
+    telemetry: Arc<Telemetry>,
     draining: AtomicBool,
+}
+
+/// Which listener a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The proxy's own: everything.
+    Main,
+    /// `--admin-listen`: `/metrics`, `/healthz` and `/readyz` only.
+    Admin,
 }
 
 /// A request body as keyless holds it between attempts.
@@ -115,16 +126,19 @@ struct Plan<'a> {
 struct Outcome {
     attempts: u32,
     backend: Option<Arc<str>>,
-    deployment: Option<String>,
+    deployment: Option<Arc<str>>,
+    /// The concurrency slot of the backend that answered, held until the body ends.
+    permit: limit::Permit,
 }
 
 impl App {
     /// Builds the handler state.
-    pub fn new(config: Config, router: Router, client: Client) -> App {
+    pub fn new(config: Config, router: Router, client: Client, telemetry: Arc<Telemetry>) -> App {
         App {
             config,
             router,
             client,
+            telemetry,
             draining: AtomicBool::new(false),
         }
     }
@@ -137,42 +151,98 @@ impl App {
     /// Handles one request. Never fails: errors become OpenAI-shaped answers.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        listener: Listener,
+        mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
+        self.telemetry.in_flight.inc();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        let route = route::label(&route::classify(&path));
+        let (request_id, from_client) = request_id(req.headers_mut());
         let mut outcome = Outcome::default();
-        let mut response = match self.dispatch(req, &mut outcome).await {
+        let result = match listener {
+            Listener::Main => self.dispatch(req, &mut outcome).await,
+            Listener::Admin => self.admin(req).await,
+        };
+        let mut response = match result {
             Ok(response) => response,
             Err(err) => {
-                tracing::warn!(%method, %path, status = err.status().as_u16(), error = %err, "request refused");
+                tracing::debug!(%method, %path, status = err.status().as_u16(), error = %err, "keyless answered itself");
                 err.to_response()
             }
         };
+        let headers = response.headers_mut();
         if outcome.attempts > 0 {
-            let headers = response.headers_mut();
             headers.insert("x-keyless-attempts", HeaderValue::from(outcome.attempts));
-            if let Some(name) = outcome.backend.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+            if let Some(name) = outcome
+                .backend
+                .as_deref()
+                .and_then(|n| HeaderValue::from_str(n).ok())
+            {
                 headers.insert("x-keyless-backend", name);
             }
         }
-        tracing::info!(
-            %method,
-            %path,
-            deployment = outcome.deployment.as_deref().unwrap_or("-"),
-            backend = outcome.backend.as_deref().unwrap_or("-"),
-            attempts = outcome.attempts,
-            status = response.status().as_u16(),
-            upstream_request_id = response
+        // A client that sent an id gets it back; otherwise Azure's own passes through,
+        // and keyless's when Azure sent none. Azure's id is always in `apim-request-id`.
+        if (from_client || !headers.contains_key(X_REQUEST_ID))
+            && let Ok(value) = HeaderValue::from_str(&request_id)
+        {
+            headers.insert(X_REQUEST_ID, value);
+        }
+        let stream = headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if stream {
+            self.telemetry.open_streams.inc();
+        }
+        let log = RequestLog {
+            telemetry: self.telemetry.clone(),
+            method,
+            path,
+            route,
+            request_id,
+            deployment: outcome.deployment,
+            backend: outcome.backend,
+            attempts: outcome.attempts,
+            status: response.status().as_u16(),
+            upstream_request_id: response
                 .headers()
                 .get("apim-request-id")
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("-"),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
+                .map(str::to_owned),
+            started,
+            stream,
+            permit: outcome.permit,
+        };
+        match response.body_mut() {
+            // Logged when the last byte goes out (or the stream is cut).
+            Body::Upstream(body) => body.set_on_end(Box::new(log)),
+            _ => log.finish(0, End::Complete),
+        }
         Ok(response)
+    }
+
+    /// The admin listener: metrics and probes, nothing that reaches Azure.
+    async fn admin(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+        match route::classify(req.uri().path()) {
+            Inbound::Health => Ok(json(StatusCode::OK, r#"{"status":"ok"}"#.into())),
+            Inbound::Ready => Ok(self.readiness()),
+            Inbound::Metrics => Ok(self.metrics()),
+            _ => Err(Error::NotFound {
+                method: req.method().to_string(),
+                path: req.uri().path().to_owned(),
+            }),
+        }
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        let mut response = Response::new(Body::from(Bytes::from(self.telemetry.encode())));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        response
     }
 
     async fn dispatch(
@@ -189,6 +259,10 @@ impl App {
             Inbound::Ready => {
                 only_get(&parts.method)?;
                 Ok(self.readiness())
+            }
+            Inbound::Metrics => {
+                only_get(&parts.method)?;
+                Ok(self.metrics())
             }
             Inbound::Unknown => Err(Error::NotFound {
                 method: parts.method.to_string(),
@@ -207,8 +281,11 @@ impl App {
                 self.proxy(&parts, plan, prepared, outcome).await
             }
             Inbound::OpenAi(op) => {
-                let prepared = self.prepare(op, &parts.method, &parts.headers, body).await?;
-                let backends = self.backends_for(op, prepared.model.as_ref().map(|m| m.name.as_str()))?;
+                let prepared = self
+                    .prepare(op, &parts.method, &parts.headers, body)
+                    .await?;
+                let backends =
+                    self.backends_for(op, prepared.model.as_ref().map(|m| m.name.as_str()))?;
                 let plan = Plan {
                     op: Some(op),
                     path: None,
@@ -231,7 +308,9 @@ impl App {
         if self.config.api == ApiStyle::Deployments && op.is_deployment_scoped() {
             return match &self.config.default_deployment {
                 Some(d) => Ok(self.router.on_default(d)),
-                None => Err(Error::BadRequest("you must provide a model parameter".into())),
+                None => Err(Error::BadRequest(
+                    "you must provide a model parameter".into(),
+                )),
             };
         }
         Ok(self.router.passthrough())
@@ -258,9 +337,15 @@ impl App {
             || mime.to_ascii_lowercase().ends_with("+json");
 
         if is_json {
-            let bytes = self.read_bounded(headers, body, self.config.max_body_bytes).await?;
+            let bytes = self
+                .read_bounded(headers, body, self.config.max_body_bytes)
+                .await?;
             if bytes.is_empty() {
-                return Ok(Prepared { payload: Payload::Held(bytes), model: None, tokens: 0 });
+                return Ok(Prepared {
+                    payload: Payload::Held(bytes),
+                    model: None,
+                    tokens: 0,
+                });
             }
             let fields = model::read_json(&bytes).map_err(|e| Error::InvalidJson(e.to_string()))?;
             let tokens = limit::estimate_tokens(bytes.len(), fields.max_tokens);
@@ -269,17 +354,31 @@ impl App {
                 span: m.span,
                 kind: Splice::Json,
             });
-            return Ok(Prepared { payload: Payload::Held(bytes), model, tokens });
+            return Ok(Prepared {
+                payload: Payload::Held(bytes),
+                model,
+                tokens,
+            });
         }
         if mime.eq_ignore_ascii_case("multipart/form-data") && op.has_multipart_model() {
             let boundary = multer::parse_boundary(content_type)
                 .map_err(|e| Error::BadRequest(format!("invalid multipart content type: {e}")))?;
-            let bytes = self.read_bounded(headers, body, self.config.max_body_bytes).await?;
+            let bytes = self
+                .read_bounded(headers, body, self.config.max_body_bytes)
+                .await?;
             let model = model::find_form_model(&bytes, &boundary)
                 .await
                 .map_err(|e| Error::BadRequest(format!("invalid multipart body: {e}")))?
-                .map(|m| ModelAt { name: m.name, span: m.span, kind: Splice::Form });
-            return Ok(Prepared { payload: Payload::Held(bytes), model, tokens: 0 });
+                .map(|m| ModelAt {
+                    name: m.name,
+                    span: m.span,
+                    kind: Splice::Form,
+                });
+            return Ok(Prepared {
+                payload: Payload::Held(bytes),
+                model,
+                tokens: 0,
+            });
         }
         self.hold_if_small(headers, body).await
     }
@@ -289,13 +388,21 @@ impl App {
     async fn hold_if_small(&self, headers: &HeaderMap, body: Incoming) -> Result<Prepared, Error> {
         use http_body::Body as _;
         if body.is_end_stream() {
-            return Ok(Prepared { payload: Payload::Held(Bytes::new()), model: None, tokens: 0 });
+            return Ok(Prepared {
+                payload: Payload::Held(Bytes::new()),
+                model: None,
+                tokens: 0,
+            });
         }
         let cap = self.config.retry.max_replay_bytes;
         match declared_length(headers) {
             Some(len) if len <= cap as u64 && self.config.retry.attempts > 1 => {
                 let bytes = self.read_bounded(headers, body, cap).await?;
-                Ok(Prepared { payload: Payload::Held(bytes), model: None, tokens: 0 })
+                Ok(Prepared {
+                    payload: Payload::Held(bytes),
+                    model: None,
+                    tokens: 0,
+                })
             }
             _ => Ok(Prepared::once(body)),
         }
@@ -303,13 +410,20 @@ impl App {
 
     /// Reads a whole body, refusing more than `limit` (early from `Content-Length` when
     /// the client sent one).
-    async fn read_bounded(&self, headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, Error> {
+    async fn read_bounded(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        limit: usize,
+    ) -> Result<Bytes, Error> {
         if declared_length(headers).is_some_and(|len| len > limit as u64) {
             return Err(Error::BodyTooLarge { limit });
         }
         match Limited::new(body, limit).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(Error::BodyTooLarge { limit })
+            }
             Err(e) => Err(Error::BodyRead(e.to_string())),
         }
     }
@@ -359,10 +473,20 @@ impl App {
             let permit = match &deployment.limiter {
                 Some(limiter) => {
                     let mode = self.config.limits.mode;
-                    match limiter.admit(prepared.tokens, mode, self.config.limits.queue_timeout).await {
+                    match limiter
+                        .admit(prepared.tokens, mode, self.config.limits.queue_timeout)
+                        .await
+                    {
                         Ok(permit) => permit,
                         Err(rejected) => {
                             tracing::debug!(backend = %backend.name, limit = rejected.limit, "limiter refused");
+                            self.telemetry
+                                .rate_limited
+                                .get_or_create(&LimitLabels {
+                                    backend: backend.name.clone(),
+                                    limit: rejected.limit,
+                                })
+                                .inc();
                             excluded |= 1 << index;
                             limited = Some(match limited {
                                 Some(l) if l.retry_after <= rejected.retry_after => l,
@@ -403,28 +527,46 @@ impl App {
             outcome.backend = Some(backend.name.clone());
             outcome.deployment = deployment.name.clone();
             let timeout = self.config.timeouts.response;
+            let sent_at = Instant::now();
             let sent = tokio::time::timeout(timeout, self.client.request(request)).await;
+            if let Ok(Ok(_)) = &sent {
+                self.telemetry
+                    .upstream_head
+                    .get_or_create(&BackendLabels {
+                        backend: backend.name.clone(),
+                    })
+                    .observe(sent_at.elapsed().as_secs_f64());
+            }
             let budget = policy.attempts + u32::from(reauthorised);
-            let can_retry = prepared.replayable() && outcome.attempts < budget && Instant::now() < deadline;
+            let can_retry =
+                prepared.replayable() && outcome.attempts < budget && Instant::now() < deadline;
 
             match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
-                    if status == StatusCode::UNAUTHORIZED && !reauthorised && prepared.replayable() {
+                    if status == StatusCode::UNAUTHORIZED && !reauthorised && prepared.replayable()
+                    {
                         // Azure refused a token the cache thought valid (revoked, or a role
                         // just granted): fetch a new one once and replay, outside the
                         // retry budget.
                         reauthorised = true;
+                        self.count_retry(backend, "unauthorized");
                         deployment.upstream.tokens.invalidate(&authorization);
                         tracing::info!(backend = %backend.name, "Azure refused the token: acquiring a new one");
                         continue;
                     }
                     if !retry::is_retryable(status) {
-                        return Ok(self.respond(response, permit));
+                        outcome.permit = permit;
+                        return Ok(self.respond(response));
                     }
                     let asked = retry::azure_wait(response.headers(), SystemTime::now());
                     let wait = asked.unwrap_or_else(|| {
-                        retry::backoff(failures, policy.backoff_base, policy.backoff_cap, &mut rand::rng())
+                        retry::backoff(
+                            failures,
+                            policy.backoff_base,
+                            policy.backoff_cap,
+                            &mut rand::rng(),
+                        )
                     });
                     failures += 1;
                     deployment.cool_down(wait);
@@ -434,30 +576,44 @@ impl App {
                         // Out of attempts, or Azure asks for longer than keyless waits: its
                         // answer (with its retry headers) goes to the client at once.
                         tracing::info!(backend = %backend.name, status = status.as_u16(), cool_down = ?wait, attempt = outcome.attempts, "Azure refused; no retry left, passing its answer on");
-                        return Ok(self.respond(response, permit));
+                        outcome.permit = permit;
+                        return Ok(self.respond(response));
                     }
                     tracing::info!(backend = %backend.name, status = status.as_u16(), cool_down = ?wait, attempt = outcome.attempts, "Azure refused; retrying");
+                    self.count_retry(backend, status_reason(status));
                     last = Some((response, backend.name.clone()));
                     last_error = None;
                 }
                 Ok(Err(e)) => {
                     let message = error_chain(&e);
                     tracing::info!(backend = %backend.name, error = %message, attempt = outcome.attempts, "Azure unreachable");
-                    deployment.cool_down(retry::backoff(failures, policy.backoff_base, policy.backoff_cap, &mut rand::rng()));
+                    deployment.cool_down(retry::backoff(
+                        failures,
+                        policy.backoff_base,
+                        policy.backoff_cap,
+                        &mut rand::rng(),
+                    ));
                     failures += 1;
                     if !can_retry {
                         return Err(Error::UpstreamUnreachable(message));
                     }
+                    self.count_retry(backend, "connect");
                     last = None;
                     last_error = Some(Error::UpstreamUnreachable(message));
                 }
                 Err(_) => {
                     tracing::info!(backend = %backend.name, ?timeout, attempt = outcome.attempts, "no response head in time");
-                    deployment.cool_down(retry::backoff(failures, policy.backoff_base, policy.backoff_cap, &mut rand::rng()));
+                    deployment.cool_down(retry::backoff(
+                        failures,
+                        policy.backoff_base,
+                        policy.backoff_cap,
+                        &mut rand::rng(),
+                    ));
                     failures += 1;
                     if !can_retry {
                         return Err(Error::UpstreamTimeout(timeout));
                     }
+                    self.count_retry(backend, "timeout");
                     last = None;
                     last_error = Some(Error::UpstreamTimeout(timeout));
                 }
@@ -477,7 +633,7 @@ impl App {
     ) -> Result<Response<Body>, Error> {
         if let Some((response, name)) = last {
             outcome.backend = Some(name);
-            return Ok(self.respond(response, None));
+            return Ok(self.respond(response));
         }
         if let Some(err) = last_error {
             return Err(err);
@@ -515,18 +671,30 @@ impl App {
     }
 
     /// Azure's answer, on its way to the client.
-    fn respond(&self, response: Response<Incoming>, permit: limit::Permit) -> Response<Body> {
+    fn respond(&self, response: Response<Incoming>) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         rewrite::response_headers(&mut parts.headers);
         parts.version = Version::default();
-        let guard = permit.map(|p| Box::new(p) as Box<dyn std::any::Any + Send + Sync>);
-        let body = UpstreamBody::new(body, self.config.timeouts.idle, guard);
+        let body = UpstreamBody::new(body, self.config.timeouts.idle, None);
         Response::from_parts(parts, Body::Upstream(Box::new(body)))
+    }
+
+    fn count_retry(&self, backend: &Backend, reason: &'static str) {
+        self.telemetry
+            .retries
+            .get_or_create(&RetryLabels {
+                backend: backend.name.clone(),
+                reason,
+            })
+            .inc();
     }
 
     fn readiness(&self) -> Response<Body> {
         if self.draining.load(Ordering::Relaxed) {
-            return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"shutting down"}"#.into());
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"shutting down"}"#.into(),
+            );
         }
         let tokens = &self.router.default_upstream().tokens;
         if tokens.is_ready() {
@@ -547,6 +715,37 @@ impl App {
         };
         let body = serde_json::json!({ "status": "not ready", "reason": reason });
         json(StatusCode::SERVICE_UNAVAILABLE, body.to_string().into())
+    }
+}
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// The request's id and whether the client sent it: the client's `x-request-id` when it
+/// is a sane one, else a new one, set on the request so that Azure sees it too.
+fn request_id(headers: &mut HeaderMap) -> (String, bool) {
+    if let Some(id) = headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+    {
+        return (id.to_owned(), true);
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(X_REQUEST_ID, value);
+    }
+    (id, false)
+}
+
+fn status_reason(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        408 => "status_408",
+        429 => "status_429",
+        500 => "status_500",
+        502 => "status_502",
+        503 => "status_503",
+        504 => "status_504",
+        _ => "status_other",
     }
 }
 
@@ -576,9 +775,10 @@ fn only_get(method: &Method) -> Result<(), Error> {
 fn json(status: StatusCode, body: Bytes) -> Response<Body> {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 

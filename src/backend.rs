@@ -74,7 +74,7 @@ pub struct Deployment {
     pub upstream: Arc<Upstream>,
     /// The deployment name; `None` for Azure-style pass-through requests, whose path
     /// already names what they want.
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
     /// Its limits, if any are configured.
     pub limiter: Option<Limiter>,
     /// Milliseconds after the router's epoch until which it is cooling down.
@@ -83,11 +83,16 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    fn new(upstream: Arc<Upstream>, name: Option<String>, limits: Option<&DeploymentLimits>, epoch: Instant) -> Deployment {
+    fn new(
+        upstream: Arc<Upstream>,
+        name: Option<&str>,
+        limits: Option<&DeploymentLimits>,
+        epoch: Instant,
+    ) -> Deployment {
         Deployment {
             upstream,
             limiter: limits.and_then(Limiter::new),
-            name,
+            name: name.map(Arc::from),
             cooling_until: AtomicU64::new(0),
             epoch,
         }
@@ -95,7 +100,9 @@ impl Deployment {
 
     /// Keeps traffic away for `wait` (Azure's retry-after, or a backoff).
     pub fn cool_down(&self, wait: Duration) {
-        let until = (Instant::now() + wait).duration_since(self.epoch).as_millis() as u64;
+        let until = (Instant::now() + wait)
+            .duration_since(self.epoch)
+            .as_millis() as u64;
         self.cooling_until.fetch_max(until, Ordering::Relaxed);
     }
 
@@ -227,7 +234,7 @@ impl Router {
                     .or_insert_with(|| {
                         Arc::new(Deployment::new(
                             upstream.clone(),
-                            Some(spec.deployment.clone()),
+                            Some(&spec.deployment),
                             limits.get(&spec.deployment),
                             epoch,
                         ))
@@ -283,7 +290,7 @@ impl Router {
             name: deployment.into(),
             deployment: Arc::new(Deployment::new(
                 self.default.clone(),
-                Some(deployment.to_owned()),
+                Some(deployment),
                 self.limits.get(deployment),
                 self.epoch,
             )),
@@ -338,7 +345,12 @@ mod tests {
     fn backend(up: &Arc<Upstream>, name: &str, priority: u32, weight: u32) -> Backend {
         Backend {
             name: name.into(),
-            deployment: Arc::new(Deployment::new(up.clone(), Some(name.into()), None, Instant::now())),
+            deployment: Arc::new(Deployment::new(
+                up.clone(),
+                Some(name),
+                None,
+                Instant::now(),
+            )),
             priority,
             weight,
         }
@@ -377,7 +389,11 @@ mod tests {
     #[tokio::test]
     async fn weights_share_traffic_within_a_priority() {
         let up = upstream();
-        let list = vec![backend(&up, "a", 0, 3), backend(&up, "b", 0, 1), backend(&up, "c", 1, 100)];
+        let list = vec![
+            backend(&up, "a", 0, 3),
+            backend(&up, "b", 0, 1),
+            backend(&up, "c", 1, 100),
+        ];
         let mut rng = rand::rng();
         let mut counts = [0; 3];
         for _ in 0..4000 {
@@ -385,7 +401,10 @@ mod tests {
                 counts[i] += 1;
             }
         }
-        assert_eq!(counts[2], 0, "a lower priority serves only when the first is out");
+        assert_eq!(
+            counts[2], 0,
+            "a lower priority serves only when the first is out"
+        );
         assert!((2700..3300).contains(&counts[0]), "{counts:?}");
     }
 

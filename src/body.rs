@@ -29,10 +29,26 @@ pub enum Body {
     Upstream(Box<UpstreamBody>),
 }
 
-/// Azure's response body on its way to the client: passed through frame by frame, but
-/// aborted when Azure goes silent for longer than the idle timeout, and keeping a
-/// concurrency slot (and whatever else is attached) until the body ends or is dropped.
+/// How a response body ended.
 #[derive(Debug)]
+pub enum End {
+    /// Every byte reached hyper.
+    Complete,
+    /// Azure's side failed (reset, idle timeout): the client's response was aborted.
+    Failed(String),
+    /// The client went away before the end.
+    ClientGone,
+}
+
+/// Told once, when a response body ends, how many bytes went through and how it ended.
+pub trait BodyEnd: Send + Sync {
+    /// The body is over.
+    fn end(self: Box<Self>, bytes: u64, end: End);
+}
+
+/// Azure's response body on its way to the client: passed through frame by frame, but
+/// aborted when Azure goes silent for longer than the idle timeout. Whatever is attached
+/// (the request's log record and concurrency slot) is told when the body ends.
 pub struct UpstreamBody {
     inner: Incoming,
     idle: Duration,
@@ -40,37 +56,69 @@ pub struct UpstreamBody {
     /// Created only when a poll finds no frame ready: small answers that arrive whole
     /// never touch the timer.
     timer: Option<Pin<Box<Sleep>>>,
-    _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+    bytes: u64,
+    on_end: Option<Box<dyn BodyEnd>>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("idle", &self.idle)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end.end(self.bytes, End::ClientGone);
+        }
+    }
 }
 
 impl UpstreamBody {
-    /// Wraps `inner`; `guard` is dropped with the body.
-    pub fn new(
-        inner: Incoming,
-        idle: Duration,
-        guard: Option<Box<dyn std::any::Any + Send + Sync>>,
-    ) -> UpstreamBody {
+    /// Wraps `inner`; `on_end` hears when it ends.
+    pub fn new(inner: Incoming, idle: Duration, on_end: Option<Box<dyn BodyEnd>>) -> UpstreamBody {
         UpstreamBody {
             inner,
             idle,
             last_frame: Instant::now(),
             timer: None,
-            _guard: guard,
+            bytes: 0,
+            on_end,
         }
     }
 
-    fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    /// Attaches what must hear the end of the body.
+    pub fn set_on_end(&mut self, on_end: Box<dyn BodyEnd>) {
+        self.on_end = Some(on_end);
+    }
+
+    fn finish(&mut self, end: End) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end.end(self.bytes, end);
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match http_body::Body::poll_frame(Pin::new(&mut self.inner), cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.last_frame = Instant::now();
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+                if http_body::Body::is_end_stream(&self.inner) {
+                    self.finish(End::Complete);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                self.finish(End::Failed(e.to_string()));
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(None) => {
-                self._guard = None;
+                self.finish(End::Complete);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -82,11 +130,14 @@ impl UpstreamBody {
                     timer.as_mut().reset(deadline);
                 }
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(format!(
-                        "Azure OpenAI sent nothing for {:?}; the response was aborted",
-                        self.idle
-                    )
-                    .into()))),
+                    Poll::Ready(()) => {
+                        let message = format!(
+                            "Azure OpenAI sent nothing for {:?}; the response was aborted",
+                            self.idle
+                        );
+                        self.finish(End::Failed(message.clone()));
+                        Poll::Ready(Some(Err(message.into())))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -112,6 +112,13 @@ pub struct Flags {
     /// goes to the client at once [default: 60s].
     #[arg(long, env = "KEYLESS_RETRY_MAX_WAIT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub retry_max_wait: Option<Duration>,
+    /// A second listener for /metrics, /healthz and /readyz only, so a scraper or the
+    /// kubelet can reach them while the proxy stays on loopback.
+    #[arg(long, env = "KEYLESS_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// How long requests and streams in flight may run on after SIGTERM [default: 30s].
+    #[arg(long, env = "KEYLESS_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
     /// Log format [default: text].
     #[arg(long, env = "KEYLESS_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -153,6 +160,9 @@ struct RawConfig {
     #[serde(default, with = "opt_duration")]
     idle_timeout: Option<Duration>,
     log_format: Option<LogFormat>,
+    admin_listen: Option<SocketAddr>,
+    #[serde(default, with = "opt_duration")]
+    shutdown_grace: Option<Duration>,
     retry: Option<RawRetry>,
     limits: Option<RawLimits>,
 }
@@ -219,6 +229,8 @@ const KNOWN_KEYS: &[&str] = &[
     "token_timeout",
     "idle_timeout",
     "log_format",
+    "admin_listen",
+    "shutdown_grace",
     "retry",
     "limits",
 ];
@@ -241,8 +253,8 @@ pub enum Target {
     Azure {
         /// The resource endpoint, normalised: no trailing slash, no `/openai` suffix.
         endpoint: Url,
-        /// The credential to use.
-        credential: CredentialSettings,
+        /// The credential to use (boxed: it is large and the enum is moved about).
+        credential: Box<CredentialSettings>,
     },
     /// The embedded simulator and its in-process identity.
     Simulate,
@@ -377,6 +389,10 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Rate limits.
     pub limits: Limits,
+    /// The admin listener's address, if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// Time given to requests in flight at shutdown.
+    pub shutdown_grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -479,13 +495,13 @@ impl Config {
                 Some(text) => match normalise_endpoint(&text) {
                     Ok(endpoint) => Some(Target::Azure {
                         endpoint,
-                        credential: CredentialSettings {
+                        credential: Box::new(CredentialSettings {
                             kind: flags.credential.or(raw.credential).unwrap_or_default(),
                             tenant_id: flags.tenant_id.clone().or(raw.tenant_id),
                             client_id: flags.client_id.clone().or(raw.client_id),
                             authority_host,
                             ..CredentialSettings::default()
-                        },
+                        }),
                     }),
                     Err(problem) => {
                         problems.push(problem);
@@ -572,10 +588,7 @@ impl Config {
 
         match target {
             Some(target) if problems.is_empty() => Ok(Config {
-                listen: flags
-                    .listen
-                    .or(raw.listen)
-                    .unwrap_or_else(|| default_listen()),
+                listen: flags.listen.or(raw.listen).unwrap_or_else(default_listen),
                 target,
                 api,
                 api_version,
@@ -586,6 +599,11 @@ impl Config {
                 timeouts,
                 retry,
                 limits,
+                admin_listen: flags.admin_listen.or(raw.admin_listen),
+                shutdown_grace: flags
+                    .shutdown_grace
+                    .or(raw.shutdown_grace)
+                    .unwrap_or(Duration::from_secs(30)),
                 log_format: flags.log_format.or(raw.log_format).unwrap_or_default(),
             }),
             _ => Err(ConfigError(problems)),
@@ -597,9 +615,9 @@ impl Config {
     pub fn deployment_for<'a>(&'a self, model: &'a str) -> &'a str {
         match self.models.get(model) {
             Some(ModelRoute::Deployment(deployment)) => deployment,
-            Some(ModelRoute::Backends(backends)) => backends
-                .first()
-                .map_or(model, |b| b.deployment.as_str()),
+            Some(ModelRoute::Backends(backends)) => {
+                backends.first().map_or(model, |b| b.deployment.as_str())
+            }
             None => self.default_deployment.as_deref().unwrap_or(model),
         }
     }
@@ -608,7 +626,9 @@ impl Config {
 fn validate_route(model: &str, route: RawModel) -> Result<ModelRoute, Vec<String>> {
     let backends = match route {
         RawModel::Deployment(d) if d.is_empty() => {
-            return Err(vec![format!("models.{model}: the deployment name is empty")]);
+            return Err(vec![format!(
+                "models.{model}: the deployment name is empty"
+            )]);
         }
         RawModel::Deployment(d) => return Ok(ModelRoute::Deployment(d)),
         RawModel::Backends(b) => b,
@@ -635,7 +655,11 @@ fn validate_route(model: &str, route: RawModel) -> Result<ModelRoute, Vec<String
             problems.push(format!("{at}: weight must be at least 1"));
         }
         let name = raw.name.unwrap_or_else(|| match &endpoint {
-            Some(url) => format!("{}/{}", url.host_str().unwrap_or("endpoint"), raw.deployment),
+            Some(url) => format!(
+                "{}/{}",
+                url.host_str().unwrap_or("endpoint"),
+                raw.deployment
+            ),
             None => raw.deployment.clone(),
         });
         specs.push(BackendSpec {
@@ -702,8 +726,7 @@ fn is_loopback(url: &Url) -> bool {
 /// Checks and normalises an endpoint: https (or http on a loopback host), no query, and
 /// without a trailing `/`, `/openai` or `/openai/v1` (people paste those from the portal).
 pub fn normalise_endpoint(text: &str) -> Result<Url, String> {
-    let mut url =
-        Url::parse(text).map_err(|e| format!("endpoint {text:?} is not a URL: {e}"))?;
+    let mut url = Url::parse(text).map_err(|e| format!("endpoint {text:?} is not a URL: {e}"))?;
     match url.scheme() {
         "https" => {}
         "http" if is_loopback(&url) => {}
@@ -846,6 +869,14 @@ b = []
         assert!(text.contains("must be https"), "{text}");
         assert!(text.contains("weight"), "{text}");
         assert!(text.contains("empty"), "{text}");
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let raw = parse_file(include_str!("../config/keyless.toml")).unwrap();
+        let c = Config::merge(&Flags::default(), raw).unwrap();
+        assert!(matches!(c.models["gpt-4o"], ModelRoute::Backends(ref b) if b.len() == 3));
+        assert_eq!(c.limits.deployments["prod-4o-mini"].rpm.unwrap().get(), 600);
     }
 
     #[test]

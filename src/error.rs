@@ -10,7 +10,9 @@ use http::{HeaderValue, Response, StatusCode, header};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No route matches the request path.
-    #[error("Unknown route: {method} {path}. keyless serves OpenAI-style paths such as /v1/chat/completions and Azure-style paths under /openai/")]
+    #[error(
+        "Unknown route: {method} {path}. keyless serves OpenAI-style paths such as /v1/chat/completions and Azure-style paths under /openai/"
+    )]
     NotFound {
         /// Request method.
         method: String,
@@ -136,7 +138,12 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&err.body()).unwrap();
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["code"], "invalid_json");
-        assert!(v["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not valid JSON")
+        );
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
     }
 
@@ -146,7 +153,9 @@ mod tests {
             limit: "requests per minute",
             retry_after: std::time::Duration::from_millis(1500),
         };
-        let r: Response<String> = err.to_response::<Bytes>().map(|b| String::from_utf8(b.to_vec()).unwrap());
+        let r: Response<String> = err
+            .to_response::<Bytes>()
+            .map(|b| String::from_utf8(b.to_vec()).unwrap());
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after-ms"], "1500");
         assert_eq!(r.headers()["retry-after"], "2");
@@ -158,9 +167,16 @@ mod tests {
         assert_eq!(Error::BodyTooLarge { limit: 1 }.status(), 413);
         assert_eq!(Error::NoToken("x".into()).status(), 503);
         assert_eq!(Error::UpstreamUnreachable("x".into()).status(), 502);
-        assert_eq!(Error::UpstreamTimeout(std::time::Duration::from_secs(1)).status(), 504);
         assert_eq!(
-            Error::NotFound { method: "GET".into(), path: "/x".into() }.status(),
+            Error::UpstreamTimeout(std::time::Duration::from_secs(1)).status(),
+            504
+        );
+        assert_eq!(
+            Error::NotFound {
+                method: "GET".into(),
+                path: "/x".into()
+            }
+            .status(),
             404
         );
     }

@@ -10,6 +10,7 @@ pub mod app;
 pub mod auth;
 pub mod backend;
 pub mod body;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod limit;
@@ -19,13 +20,13 @@ pub mod rewrite;
 pub mod route;
 pub mod server;
 pub mod simulate;
+pub mod telemetry;
 pub mod upstream;
 
 use auth::{Acquire, TokenCache};
 use config::{Config, Target};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,13 +49,25 @@ pub enum StartError {
     Invalid(String),
 }
 
-/// How long in-flight requests may run on after shutdown starts.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// The sockets keyless serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The proxy.
+    pub main: TcpListener,
+    /// `/metrics`, `/healthz` and `/readyz` only.
+    pub admin: Option<TcpListener>,
+}
 
-/// Runs keyless on `listener` until `shutdown` fires.
+impl From<TcpListener> for Listeners {
+    fn from(main: TcpListener) -> Listeners {
+        Listeners { main, admin: None }
+    }
+}
+
+/// Runs keyless on `listeners` until `shutdown` fires, then drains for the grace period.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     match config.target.clone() {
@@ -63,14 +76,21 @@ pub async fn run(
             credential,
         } => {
             let identity = auth::credential::from_settings(&credential)?;
-            run_with_identity(config, endpoint, identity, listener, shutdown).await
+            run_with_identity(config, endpoint, identity, listeners, shutdown).await
         }
         Target::Simulate => {
-            let simulator = simulate::Simulator::start(shutdown.child_token())
+            // The simulator outlives the proxy's drain, so that streams in flight at
+            // shutdown can finish.
+            let simulator_stop = CancellationToken::new();
+            let simulator = simulate::Simulator::start(simulator_stop.clone())
                 .await
                 .map_err(StartError::Simulator)?;
             let endpoint = simulator.endpoint();
-            run_with_identity(config, endpoint, simulator.identity(), listener, shutdown).await
+            let result =
+                run_with_identity(config, endpoint, simulator.identity(), listeners, shutdown)
+                    .await;
+            simulator_stop.cancel();
+            result
         }
     }
 }
@@ -80,9 +100,10 @@ pub async fn run_with_identity(
     config: Config,
     endpoint: Url,
     identity: Arc<dyn Acquire>,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    let listeners = listeners.into();
     let tasks = TaskTracker::new();
     // The refreshers stop only after the server has drained, so requests finishing in the
     // grace period can still be signed.
@@ -124,8 +145,22 @@ pub async fn run_with_identity(
     })
     .map_err(StartError::Invalid)?;
     let client = upstream::client(config.timeouts.connect)?;
-    let app = Arc::new(app::App::new(config, router, client));
-    server::serve(listener, app, shutdown, DEFAULT_GRACE).await;
+    let telemetry = Arc::new(telemetry::Telemetry::new(caches.into_values().collect()));
+    let grace = config.shutdown_grace;
+    let app = Arc::new(app::App::new(config, router, client, telemetry));
+    let admin = listeners.admin.map(|admin| {
+        tasks.spawn(server::serve(
+            admin,
+            app::Listener::Admin,
+            app.clone(),
+            shutdown.clone(),
+            grace,
+        ))
+    });
+    server::serve(listeners.main, app::Listener::Main, app, shutdown, grace).await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     refresher_stop.cancel();
     tasks.close();
     tasks.wait().await;

@@ -99,7 +99,9 @@ impl<C: Clock + Clone> Limiter<C> {
         }
         if let Some((gcra, burst)) = &self.tokens {
             // A request larger than the burst could never pass: count it as a full burst.
-            let n = NonZeroU32::new(tokens.max(1)).unwrap_or(NonZeroU32::MIN).min(*burst);
+            let n = NonZeroU32::new(tokens.max(1))
+                .unwrap_or(NonZeroU32::MIN)
+                .min(*burst);
             if let Ok(Err(not_until)) = gcra.check_n(n) {
                 return Err(Rejected {
                     limit: "tokens per minute",
@@ -130,9 +132,11 @@ impl<C: Clock + Clone> Limiter<C> {
                     {
                         // Wait for a slot itself rather than polling; the quotas are
                         // checked again on the next turn.
-                        let slot =
-                            tokio::time::timeout(deadline.saturating_duration_since(now), semaphore.clone().acquire_owned())
-                                .await;
+                        let slot = tokio::time::timeout(
+                            deadline.saturating_duration_since(now),
+                            semaphore.clone().acquire_owned(),
+                        )
+                        .await;
                         match slot {
                             Ok(Ok(permit)) => drop(permit),
                             _ => return Err(rejected),
@@ -219,10 +223,16 @@ mod tests {
     async fn queue_mode_waits_for_a_slot_and_reject_mode_does_not() {
         let l = Arc::new(Limiter::new(&limits(None, None, Some(1))).unwrap());
         let held = l.try_admit(1).unwrap();
-        assert!(l.admit(1, LimitMode::Reject, Duration::from_secs(5)).await.is_err());
+        assert!(
+            l.admit(1, LimitMode::Reject, Duration::from_secs(5))
+                .await
+                .is_err()
+        );
         let l2 = l.clone();
         let waiter = tokio::spawn(async move {
-            l2.admit(1, LimitMode::Queue, Duration::from_secs(5)).await.map(|_| ())
+            l2.admit(1, LimitMode::Queue, Duration::from_secs(5))
+                .await
+                .map(|_| ())
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished(), "queued behind the held slot");
@@ -234,7 +244,9 @@ mod tests {
     async fn queue_mode_gives_up_at_its_timeout() {
         let l = Limiter::new(&limits(None, None, Some(1))).unwrap();
         let _held = l.try_admit(1).unwrap();
-        let r = l.admit(1, LimitMode::Queue, Duration::from_millis(100)).await;
+        let r = l
+            .admit(1, LimitMode::Queue, Duration::from_millis(100))
+            .await;
         assert_eq!(r.unwrap_err().limit, "concurrent requests");
     }
 

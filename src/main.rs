@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve(Flags),
+    /// Check the configuration, the credential and the endpoint, and explain what is wrong.
+    Check(keyless::check::CheckArgs),
     /// Run only the Azure OpenAI simulator (a fake upstream for tests and benchmarks).
     Simulator {
         /// Address to listen on.
@@ -28,14 +30,22 @@ enum Command {
         listen: SocketAddr,
         /// Also serve an App Service-style managed identity endpoint at /msi/token that
         /// requires this `x-identity-header` value.
-        #[arg(long, env = "KEYLESS_SIMULATOR_IDENTITY_HEADER", value_name = "SECRET", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "KEYLESS_SIMULATOR_IDENTITY_HEADER",
+            value_name = "SECRET",
+            hide_env_values = true
+        )]
         identity_header: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyless: cannot start the async runtime: {e}");
@@ -45,6 +55,10 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(flags) => serve(flags).await,
+            Command::Check(args) => {
+                init_tracing(args.flags.log_format.unwrap_or_default());
+                keyless::check::run(&args).await
+            }
             Command::Simulator {
                 listen,
                 identity_header,
@@ -70,11 +84,29 @@ async fn serve(flags: Flags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let admin = match config.admin_listen {
+        Some(admin_addr) => match TcpListener::bind(admin_addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("keyless: cannot listen on {admin_addr} (--admin-listen): {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let addr = listener.local_addr().unwrap_or(config.listen);
-    banner(&config, addr);
+    banner(
+        &config,
+        addr,
+        admin.as_ref().and_then(|a| a.local_addr().ok()),
+    );
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
-    match keyless::run(config, listener, shutdown).await {
+    let listeners = keyless::Listeners {
+        main: listener,
+        admin,
+    };
+    match keyless::run(config, listeners, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "keyless could not start");
@@ -108,9 +140,12 @@ async fn simulator(listen: SocketAddr, identity_header: Option<String>) -> ExitC
 }
 
 /// What a person (and a test reading stdout) needs to start using keyless.
-fn banner(config: &Config, addr: SocketAddr) {
+fn banner(config: &Config, addr: SocketAddr, admin: Option<SocketAddr>) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "keyless listening on http://{addr}");
+    if let Some(admin) = admin {
+        let _ = writeln!(out, "keyless admin listening on http://{admin}");
+    }
     if let Target::Simulate = config.target {
         let _ = writeln!(
             out,

@@ -164,9 +164,8 @@ pub struct FormModel {
 /// Reads the `model` field of a multipart/form-data body with multer, and locates its
 /// content in `body` so it can be replaced without re-encoding the rest.
 pub async fn find_form_model(body: &Bytes, boundary: &str) -> Result<Option<FormModel>, String> {
-    let stream = futures_util::stream::once(std::future::ready(Ok::<_, std::io::Error>(
-        body.clone(),
-    )));
+    let stream =
+        futures_util::stream::once(std::future::ready(Ok::<_, std::io::Error>(body.clone())));
     let mut form = multer::Multipart::new(stream, boundary);
     let mut name = None;
     while let Some(field) = form.next_field().await.map_err(|e| e.to_string())? {
@@ -176,9 +175,8 @@ pub async fn find_form_model(body: &Bytes, boundary: &str) -> Result<Option<Form
         }
     }
     let Some(name) = name else { return Ok(None) };
-    let span = locate_form_field(body, boundary, "model").ok_or_else(|| {
-        "the multipart body's model field could not be located".to_owned()
-    })?;
+    let span = locate_form_field(body, boundary, "model")
+        .ok_or_else(|| "the multipart body's model field could not be located".to_owned())?;
     if body[span.clone()] != *name.as_bytes() {
         // A transfer-encoded field: keyless can read it but will not rewrite it.
         return Err("the multipart model field uses an encoding keyless cannot rewrite".into());

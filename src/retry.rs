@@ -27,7 +27,11 @@ pub fn azure_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
             return Some(Duration::from_secs_f64(ms / 1000.0));
         }
     }
-    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }

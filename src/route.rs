@@ -12,6 +12,8 @@ pub enum Inbound<'a> {
     Health,
     /// `GET /readyz`.
     Ready,
+    /// `GET /metrics`.
+    Metrics,
     /// An OpenAI-style operation, e.g. `chat/completions` or `files/file-1/content`,
     /// as received (still percent-encoded), without leading `/v1/`.
     OpenAi(Op<'a>),
@@ -89,6 +91,7 @@ pub fn classify(path: &str) -> Inbound<'_> {
     match path {
         "/healthz" => return Inbound::Health,
         "/readyz" => return Inbound::Ready,
+        "/metrics" => return Inbound::Metrics,
         _ => {}
     }
     if path == "/openai" || path.starts_with("/openai/") {
@@ -129,6 +132,28 @@ fn has_dot_segment(path: &str) -> bool {
             || s.eq_ignore_ascii_case(".%2e")
             || s.eq_ignore_ascii_case("%2e.")
     })
+}
+
+/// A bounded label for metrics and logs: the operation without ids.
+pub fn label(inbound: &Inbound<'_>) -> &'static str {
+    match inbound {
+        Inbound::Health => "healthz",
+        Inbound::Ready => "readyz",
+        Inbound::Metrics => "metrics",
+        Inbound::Azure(_) => "azure",
+        Inbound::Unknown => "unknown",
+        Inbound::OpenAi(op) => {
+            if let Some(known) = DEPLOYMENT_SCOPED.iter().find(|k| **k == op.path) {
+                return known;
+            }
+            let root = op.path.split('/').next().unwrap_or("");
+            KNOWN_ROOTS
+                .iter()
+                .find(|k| **k == root)
+                .copied()
+                .unwrap_or("other")
+        }
+    }
 }
 
 /// Characters to escape in a deployment name used as one path segment (RFC 3986 pchar).
@@ -197,14 +222,13 @@ pub fn upstream_path(
                 out.push_str(q);
             }
             // The client's own api-version wins; otherwise keyless adds its configured one.
-            let has_version = client_query
-                .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("api-version=")));
+            let has_version =
+                client_query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("api-version=")));
             if !has_version {
                 if client_query.is_some() {
                     out.push('&');
                 }
-                let version = if op.is_responses() && is_before(api_version, "2025-03-01-preview")
-                {
+                let version = if op.is_responses() && is_before(api_version, "2025-03-01-preview") {
                     // Responses exists only from 2025-03-01-preview on; the GA default
                     // (2024-10-21) would give a 404 there.
                     RESPONSES_API_VERSION
@@ -237,10 +261,19 @@ mod tests {
 
     #[test]
     fn classifies_openai_paths_with_and_without_v1() {
-        assert_eq!(classify("/v1/chat/completions"), Inbound::OpenAi(op("chat/completions")));
-        assert_eq!(classify("/chat/completions"), Inbound::OpenAi(op("chat/completions")));
+        assert_eq!(
+            classify("/v1/chat/completions"),
+            Inbound::OpenAi(op("chat/completions"))
+        );
+        assert_eq!(
+            classify("/chat/completions"),
+            Inbound::OpenAi(op("chat/completions"))
+        );
         assert_eq!(classify("/v1/models"), Inbound::OpenAi(op("models")));
-        assert_eq!(classify("/models/gpt-4o"), Inbound::OpenAi(op("models/gpt-4o")));
+        assert_eq!(
+            classify("/models/gpt-4o"),
+            Inbound::OpenAi(op("models/gpt-4o"))
+        );
         assert_eq!(classify("/v1/responses/"), Inbound::OpenAi(op("responses")));
         assert_eq!(
             classify("/files/file-1/content"),
@@ -254,13 +287,28 @@ mod tests {
             classify("/openai/deployments/d/chat/completions"),
             Inbound::Azure("/openai/deployments/d/chat/completions")
         );
-        assert_eq!(classify("/openai/v1/responses"), Inbound::Azure("/openai/v1/responses"));
+        assert_eq!(
+            classify("/openai/v1/responses"),
+            Inbound::Azure("/openai/v1/responses")
+        );
         assert_eq!(classify("/healthz"), Inbound::Health);
         assert_eq!(classify("/readyz"), Inbound::Ready);
         assert_eq!(classify("/"), Inbound::Unknown);
         assert_eq!(classify("/v1/"), Inbound::Unknown);
         assert_eq!(classify("/admin"), Inbound::Unknown);
         assert_eq!(classify("/openaix"), Inbound::Unknown);
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(label(&classify("/v1/chat/completions")), "chat/completions");
+        assert_eq!(label(&classify("/v1/files/file-abc/content")), "files");
+        assert_eq!(label(&classify("/v1/something-new")), "other");
+        assert_eq!(
+            label(&classify("/openai/deployments/x/embeddings")),
+            "azure"
+        );
+        assert_eq!(label(&classify("/metrics")), "metrics");
     }
 
     #[test]
@@ -274,11 +322,25 @@ mod tests {
     #[test]
     fn v1_style_keeps_op_and_query() {
         assert_eq!(
-            upstream_path("", ApiStyle::V1, op("chat/completions"), Some("d"), "x", None),
+            upstream_path(
+                "",
+                ApiStyle::V1,
+                op("chat/completions"),
+                Some("d"),
+                "x",
+                None
+            ),
             "/openai/v1/chat/completions"
         );
         assert_eq!(
-            upstream_path("/pre", ApiStyle::V1, op("models"), None, "x", Some("limit=2")),
+            upstream_path(
+                "/pre",
+                ApiStyle::V1,
+                op("models"),
+                None,
+                "x",
+                Some("limit=2")
+            ),
             "/pre/openai/v1/models?limit=2"
         );
     }
@@ -286,33 +348,78 @@ mod tests {
     #[test]
     fn deployments_style_scopes_the_right_ops() {
         assert_eq!(
-            upstream_path("", ApiStyle::Deployments, op("chat/completions"), Some("prod 4o"), "2024-10-21", None),
+            upstream_path(
+                "",
+                ApiStyle::Deployments,
+                op("chat/completions"),
+                Some("prod 4o"),
+                "2024-10-21",
+                None
+            ),
             "/openai/deployments/prod%204o/chat/completions?api-version=2024-10-21"
         );
         assert_eq!(
-            upstream_path("", ApiStyle::Deployments, op("audio/transcriptions"), Some("whisper"), "2024-10-21", None),
+            upstream_path(
+                "",
+                ApiStyle::Deployments,
+                op("audio/transcriptions"),
+                Some("whisper"),
+                "2024-10-21",
+                None
+            ),
             "/openai/deployments/whisper/audio/transcriptions?api-version=2024-10-21"
         );
         assert_eq!(
-            upstream_path("", ApiStyle::Deployments, op("models"), Some("ignored"), "2024-10-21", None),
+            upstream_path(
+                "",
+                ApiStyle::Deployments,
+                op("models"),
+                Some("ignored"),
+                "2024-10-21",
+                None
+            ),
             "/openai/models?api-version=2024-10-21"
         );
         assert_eq!(
-            upstream_path("", ApiStyle::Deployments, op("files"), None, "2024-10-21", Some("purpose=batch")),
+            upstream_path(
+                "",
+                ApiStyle::Deployments,
+                op("files"),
+                None,
+                "2024-10-21",
+                Some("purpose=batch")
+            ),
             "/openai/files?purpose=batch&api-version=2024-10-21"
         );
     }
 
     #[test]
     fn deployment_name_cannot_escape_its_segment() {
-        let p = upstream_path("", ApiStyle::Deployments, op("embeddings"), Some("../x?y#z"), "v", None);
-        assert_eq!(p, "/openai/deployments/..%2Fx%3Fy%23z/embeddings?api-version=v");
+        let p = upstream_path(
+            "",
+            ApiStyle::Deployments,
+            op("embeddings"),
+            Some("../x?y#z"),
+            "v",
+            None,
+        );
+        assert_eq!(
+            p,
+            "/openai/deployments/..%2Fx%3Fy%23z/embeddings?api-version=v"
+        );
     }
 
     #[test]
     fn clients_api_version_wins() {
         assert_eq!(
-            upstream_path("", ApiStyle::Deployments, op("models"), None, "2024-10-21", Some("api-version=2025-01-01")),
+            upstream_path(
+                "",
+                ApiStyle::Deployments,
+                op("models"),
+                None,
+                "2024-10-21",
+                Some("api-version=2025-01-01")
+            ),
             "/openai/models?api-version=2025-01-01"
         );
     }
@@ -320,15 +427,36 @@ mod tests {
     #[test]
     fn responses_get_a_version_that_has_them() {
         assert_eq!(
-            upstream_path("", ApiStyle::Deployments, op("responses"), Some("d"), "2024-10-21", None),
+            upstream_path(
+                "",
+                ApiStyle::Deployments,
+                op("responses"),
+                Some("d"),
+                "2024-10-21",
+                None
+            ),
             "/openai/responses?api-version=2025-04-01-preview"
         );
         assert_eq!(
-            upstream_path("", ApiStyle::Deployments, op("responses"), Some("d"), "2025-05-01-preview", None),
+            upstream_path(
+                "",
+                ApiStyle::Deployments,
+                op("responses"),
+                Some("d"),
+                "2025-05-01-preview",
+                None
+            ),
             "/openai/responses?api-version=2025-05-01-preview"
         );
         assert_eq!(
-            upstream_path("", ApiStyle::Deployments, op("responses"), None, "preview", None),
+            upstream_path(
+                "",
+                ApiStyle::Deployments,
+                op("responses"),
+                None,
+                "preview",
+                None
+            ),
             "/openai/responses?api-version=preview"
         );
     }

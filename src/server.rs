@@ -2,7 +2,7 @@
 //! graceful shutdown: stop accepting, let requests and streams in flight finish within
 //! the grace period, then return.
 
-use crate::app::App;
+use crate::app::{App, Listener};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// Serves `app` on `listener` until `shutdown` fires, then drains for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
+    role: Listener,
     app: Arc<App>,
     shutdown: CancellationToken,
     grace: Duration,
@@ -26,7 +27,10 @@ pub async fn serve(
         // A client that opens a connection and sends no complete head is dropped.
         .header_read_timeout(Duration::from_secs(30))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024);
 
     let graceful = GracefulShutdown::new();
     loop {
@@ -44,7 +48,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |req| app.clone().handle(req));
+        let service = service_fn(move |req| app.clone().handle(role, req));
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
@@ -58,6 +62,7 @@ pub async fn serve(
     // Refuse new connections at once, then give the ones in flight their grace.
     drop(listener);
     app.start_draining();
+    tracing::info!(?role, "listener closed: draining");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections finished"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over, closing the connections left"),

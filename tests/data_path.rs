@@ -6,12 +6,15 @@ mod support;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use keyless::config::ApiStyle;
-use support::mock::{Mock, Proxy, Reply, TestIdentity, client, flags};
 use std::time::{Duration, Instant};
+use support::mock::{Mock, Proxy, Reply, TestIdentity, client, flags};
 use tokio::sync::mpsc;
 
 fn models(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 const CHAT: &str = r#"{"messages":[{"role":"user","content":"the model is \"x\""}],"model":"gpt-4o-mini","temperature":1.0e0,"n":1,"unknown_field":{"model":"keep-me"}}"#;
@@ -35,8 +38,14 @@ async fn v1_style_maps_the_model_and_keeps_every_other_byte() {
 
     let seen = mock.one();
     assert_eq!(seen.path_and_query, "/openai/v1/chat/completions");
-    assert_eq!(seen.body, CHAT.replace(r#""model":"gpt-4o-mini""#, r#""model":"prod-4o-mini""#));
-    assert_eq!(seen.headers["content-length"], seen.body.len().to_string().as_str());
+    assert_eq!(
+        seen.body,
+        CHAT.replace(r#""model":"gpt-4o-mini""#, r#""model":"prod-4o-mini""#)
+    );
+    assert_eq!(
+        seen.headers["content-length"],
+        seen.body.len().to_string().as_str()
+    );
 }
 
 #[tokio::test]
@@ -50,7 +59,10 @@ async fn unmapped_model_goes_to_the_default_deployment_else_its_own_name() {
         .send()
         .await
         .unwrap();
-    assert_eq!(mock.one().body, r#"{"model":"text-embedding-3-small","input":"hi"}"#);
+    assert_eq!(
+        mock.one().body,
+        r#"{"model":"text-embedding-3-small","input":"hi"}"#
+    );
 
     let mock = Mock::start(|_| Reply::json("{}")).await;
     let mut f = flags();
@@ -80,7 +92,10 @@ async fn deployments_style_scopes_deployment_ops_and_adds_the_api_version() {
         .send()
         .await
         .unwrap();
-    c.get(format!("{}/v1/models?limit=5", proxy.base)).send().await.unwrap();
+    c.get(format!("{}/v1/models?limit=5", proxy.base))
+        .send()
+        .await
+        .unwrap();
     c.post(format!("{}/v1/responses", proxy.base))
         .header("content-type", "application/json")
         .body(r#"{"model":"gpt-4o-mini","input":"hi"}"#)
@@ -88,9 +103,18 @@ async fn deployments_style_scopes_deployment_ops_and_adds_the_api_version() {
         .await
         .unwrap();
     let seen = mock.seen();
-    assert_eq!(seen[0].path_and_query, "/openai/deployments/prod%204o/chat/completions?api-version=2024-10-21");
-    assert_eq!(seen[1].path_and_query, "/openai/models?limit=5&api-version=2024-10-21");
-    assert_eq!(seen[2].path_and_query, "/openai/responses?api-version=2025-04-01-preview");
+    assert_eq!(
+        seen[0].path_and_query,
+        "/openai/deployments/prod%204o/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(
+        seen[1].path_and_query,
+        "/openai/models?limit=5&api-version=2024-10-21"
+    );
+    assert_eq!(
+        seen[2].path_and_query,
+        "/openai/responses?api-version=2025-04-01-preview"
+    );
     assert_eq!(seen[2].body, r#"{"model":"prod 4o","input":"hi"}"#);
 }
 
@@ -177,7 +201,10 @@ async fn azure_style_paths_pass_through_with_their_query_and_bytes() {
     let proxy = Proxy::start(f, &mock.url, TestIdentity::ok()).await;
     let body = r#"{"input":"x","model":"d"}"#;
     client()
-        .post(format!("{}/openai/deployments/d/embeddings?api-version=2024-06-01", proxy.base))
+        .post(format!(
+            "{}/openai/deployments/d/embeddings?api-version=2024-06-01",
+            proxy.base
+        ))
         .header("content-type", "application/json")
         .header("api-key", "client-key")
         .body(body)
@@ -185,7 +212,10 @@ async fn azure_style_paths_pass_through_with_their_query_and_bytes() {
         .await
         .unwrap();
     let seen = mock.one();
-    assert_eq!(seen.path_and_query, "/openai/deployments/d/embeddings?api-version=2024-06-01");
+    assert_eq!(
+        seen.path_and_query,
+        "/openai/deployments/d/embeddings?api-version=2024-06-01"
+    );
     assert_eq!(seen.body, body);
     assert!(seen.headers.get("api-key").is_none());
     assert_eq!(seen.headers["authorization"], "Bearer test-token-0");
@@ -250,7 +280,11 @@ async fn unknown_route_is_a_404() {
     let mock = Mock::start(|_| Reply::json("{}")).await;
     let proxy = Proxy::start(flags(), &mock.url, TestIdentity::ok()).await;
     for path in ["/", "/admin", "/openaix", "/v1/"] {
-        let r = client().get(format!("{}{path}", proxy.base)).send().await.unwrap();
+        let r = client()
+            .get(format!("{}{path}", proxy.base))
+            .send()
+            .await
+            .unwrap();
         expect_error(r, 404, "unknown_url").await;
     }
     assert!(mock.seen().is_empty());
@@ -263,8 +297,14 @@ async fn dot_segments_cannot_climb_out_of_the_route() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mock = Mock::start(|_| Reply::json("{}")).await;
     let proxy = Proxy::start(flags(), &mock.url, TestIdentity::ok()).await;
-    for path in ["/v1/../deployments/x/chat/completions", "/v1/%2e%2e/x", "/openai/v1/../../admin"] {
-        let mut stream = tokio::net::TcpStream::connect(proxy.base.trim_start_matches("http://")).await.unwrap();
+    for path in [
+        "/v1/../deployments/x/chat/completions",
+        "/v1/%2e%2e/x",
+        "/openai/v1/../../admin",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(proxy.base.trim_start_matches("http://"))
+            .await
+            .unwrap();
         let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut answer = String::new();
@@ -328,7 +368,10 @@ async fn multipart_uploads_route_by_their_model_field_without_reencoding() {
     let proxy = Proxy::start(f.clone(), &mock.url, TestIdentity::ok()).await;
     let r = client()
         .post(format!("{}/v1/audio/transcriptions", proxy.base))
-        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
         .body(multipart_body(boundary, "whisper-1", &file))
         .send()
         .await
@@ -344,7 +387,10 @@ async fn multipart_uploads_route_by_their_model_field_without_reencoding() {
     let proxy = Proxy::start(f, &mock.url, TestIdentity::ok()).await;
     client()
         .post(format!("{}/v1/audio/transcriptions", proxy.base))
-        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
         .body(multipart_body(boundary, "whisper-1", &file))
         .send()
         .await
@@ -414,7 +460,10 @@ async fn sse_frames_reach_the_client_one_by_one() {
         assert_eq!(String::from_utf8(got).unwrap(), *frame, "frame {i} changed");
     }
     drop(tx);
-    assert!(body.next().await.is_none(), "the stream ends when Azure's ends");
+    assert!(
+        body.next().await.is_none(),
+        "the stream ends when Azure's ends"
+    );
 }
 
 /// Frames spaced 300 ms apart upstream arrive spread out, not in one burst.
@@ -430,7 +479,11 @@ async fn spaced_frames_arrive_spaced() {
                 let _ = tx.send(Ok(Bytes::from(format!("data: {i}\n\n")))).await;
             }
         });
-        Reply::Stream { status: 200, headers: vec![("content-type", "text/event-stream".into())], frames: rx }
+        Reply::Stream {
+            status: 200,
+            headers: vec![("content-type", "text/event-stream".into())],
+            frames: rx,
+        }
     })
     .await;
     let proxy = Proxy::start(flags(), &mock.url, TestIdentity::ok()).await;
@@ -452,7 +505,10 @@ async fn spaced_frames_arrive_spaced() {
     assert_eq!(arrivals.len(), 4, "each frame arrives on its own");
     for pair in arrivals.windows(2) {
         // Upstream spaces frames by 300 ms; a buffering proxy would deliver them together.
-        assert!(pair[1] - pair[0] >= Duration::from_millis(150), "frames arrived in a burst");
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(150),
+            "frames arrived in a burst"
+        );
     }
 }
 
@@ -461,11 +517,17 @@ async fn an_upstream_that_dies_mid_stream_fails_the_clients_stream() {
     let mock = Mock::start(|_| {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            let _ = tx.send(Ok(Bytes::from_static(b"data: {\"partial\":true}\n\n"))).await;
+            let _ = tx
+                .send(Ok(Bytes::from_static(b"data: {\"partial\":true}\n\n")))
+                .await;
             tokio::time::sleep(Duration::from_millis(100)).await;
             let _ = tx.send(Err(std::io::Error::other("upstream died"))).await;
         });
-        Reply::Stream { status: 200, headers: vec![("content-type", "text/event-stream".into())], frames: rx }
+        Reply::Stream {
+            status: 200,
+            headers: vec![("content-type", "text/event-stream".into())],
+            frames: rx,
+        }
     })
     .await;
     let proxy = Proxy::start(flags(), &mock.url, TestIdentity::ok()).await;
@@ -482,7 +544,10 @@ async fn an_upstream_that_dies_mid_stream_fails_the_clients_stream() {
     let end = tokio::time::timeout(Duration::from_secs(5), body.next())
         .await
         .expect("the client's stream must end promptly, not hang");
-    assert!(matches!(end, Some(Err(_))), "the stream must end as a failure, got {end:?}");
+    assert!(
+        matches!(end, Some(Err(_))),
+        "the stream must end as a failure, got {end:?}"
+    );
 }
 
 #[tokio::test]
@@ -536,7 +601,11 @@ async fn no_token_is_a_503_with_the_credentials_explanation() {
         .unwrap();
     let message = expect_error(r, 503, "no_token").await;
     assert!(message.contains("run `az login`"), "{message}");
-    let ready = client().get(format!("{}/readyz", proxy.base)).send().await.unwrap();
+    let ready = client()
+        .get(format!("{}/readyz", proxy.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("az login"));
     assert!(mock.seen().is_empty());
@@ -567,17 +636,32 @@ async fn health_and_readiness() {
     let identity = TestIdentity::slow(Duration::from_millis(300));
     let proxy = Proxy::start(flags(), &mock.url, identity).await;
     let c = client();
-    let health = c.get(format!("{}/healthz", proxy.base)).send().await.unwrap();
+    let health = c
+        .get(format!("{}/healthz", proxy.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
-    let not_yet = c.get(format!("{}/readyz", proxy.base)).send().await.unwrap();
+    let not_yet = c
+        .get(format!("{}/readyz", proxy.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(not_yet.status(), 503, "no token held yet");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = c.get(format!("{}/readyz", proxy.base)).send().await.unwrap();
+        let r = c
+            .get(format!("{}/readyz", proxy.base))
+            .send()
+            .await
+            .unwrap();
         if r.status() == 200 {
             let v: serde_json::Value = r.json().await.unwrap();
             assert_eq!(v["credential"], "TestIdentity");
-            assert!(!v.to_string().contains("test-token"), "readiness must not show the token");
+            assert!(
+                !v.to_string().contains("test-token"),
+                "readiness must not show the token"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "never became ready");
@@ -589,7 +673,11 @@ async fn health_and_readiness() {
 async fn h2c_clients_are_served() {
     let mock = Mock::start(|_| Reply::json(r#"{"h2":true}"#)).await;
     let proxy = Proxy::start(flags(), &mock.url, TestIdentity::ok()).await;
-    let c = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let r = c
         .post(format!("{}/v1/chat/completions", proxy.base))
         .header("content-type", "application/json")
@@ -638,20 +726,30 @@ async fn uninspected_request_bodies_stream() {
     });
     let proxy = Proxy::start(flags(), &url, TestIdentity::ok()).await;
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
-    let body = futures_util::stream::unfold(body_rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let body =
+        futures_util::stream::unfold(
+            body_rx,
+            |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+        );
     let request = client()
         .post(format!("{}/v1/files", proxy.base))
         .header("content-type", "application/octet-stream")
         .body(reqwest::Body::wrap_stream(body))
         .send();
     let request = tokio::spawn(request);
-    body_tx.send(Ok(Bytes::from_static(b"first part;"))).await.unwrap();
+    body_tx
+        .send(Ok(Bytes::from_static(b"first part;")))
+        .await
+        .unwrap();
     let first = tokio::time::timeout(Duration::from_secs(5), first_seen_rx.recv())
         .await
         .expect("the upstream must see the first part before the client sends the rest")
         .unwrap();
     assert_eq!(&first[..], b"first part;");
-    body_tx.send(Ok(Bytes::from_static(b"second part"))).await.unwrap();
+    body_tx
+        .send(Ok(Bytes::from_static(b"second part")))
+        .await
+        .unwrap();
     drop(body_tx);
     let response = request.await.unwrap().unwrap();
     assert_eq!(response.text().await.unwrap(), r#"{"bytes":22}"#);

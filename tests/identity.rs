@@ -41,19 +41,29 @@ async fn fake_identity(secret: &'static str, delay: Duration) -> FakeIdentity {
                             .headers()
                             .get("x-identity-header")
                             .map(|v| v.to_str().unwrap().to_owned());
-                        s.lock().unwrap().push((req.uri().query().unwrap_or("").to_owned(), header.clone()));
+                        s.lock()
+                            .unwrap()
+                            .push((req.uri().query().unwrap_or("").to_owned(), header.clone()));
                         tokio::time::sleep(delay).await;
-                        let expires = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+                        let expires = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs()
+                            + 3600;
                         let (status, body) = if header.as_deref() == Some(secret) {
-                            (200, format!(
-                                r#"{{"access_token":"mi-token-{n}","expires_on":"{expires}","resource":"https://cognitiveservices.azure.com","token_type":"Bearer"}}"#
-                            ))
+                            (
+                                200,
+                                format!(
+                                    r#"{{"access_token":"mi-token-{n}","expires_on":"{expires}","resource":"https://cognitiveservices.azure.com","token_type":"Bearer"}}"#
+                                ),
+                            )
                         } else {
                             (401, r#"{"error":"bad identity header"}"#.to_owned())
                         };
                         let mut r = http::Response::new(Full::new(Bytes::from(body)));
                         *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                        r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                        r.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
                         Ok::<_, std::convert::Infallible>(r)
                     }
                 });
@@ -75,8 +85,18 @@ async fn managed_identity_cold_start_makes_one_acquisition_for_fifty_requests() 
     let (endpoint, id_url) = (mock.url.to_string(), identity.url.clone());
     let proxy = tokio::task::spawn_blocking(move || {
         spawn_keyless(
-            &["--listen", "127.0.0.1:0", "--endpoint", &endpoint, "--credential", "managed-identity"],
-            &[("IDENTITY_ENDPOINT", &id_url), ("IDENTITY_HEADER", "the-identity-header")],
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--endpoint",
+                &endpoint,
+                "--credential",
+                "managed-identity",
+            ],
+            &[
+                ("IDENTITY_ENDPOINT", &id_url),
+                ("IDENTITY_HEADER", "the-identity-header"),
+            ],
         )
     })
     .await
@@ -93,26 +113,49 @@ async fn managed_identity_cold_start_makes_one_acquisition_for_fifty_requests() 
     for r in futures_util::future::join_all(requests).await {
         assert_eq!(r.unwrap().status(), 200, "{}", proxy.report());
     }
-    assert_eq!(identity.calls.load(Ordering::SeqCst), 1, "{}", proxy.report());
+    assert_eq!(
+        identity.calls.load(Ordering::SeqCst),
+        1,
+        "{}",
+        proxy.report()
+    );
     let seen = mock.seen();
     assert_eq!(seen.len(), 50);
-    assert!(seen.iter().all(|s| s.headers["authorization"] == "Bearer mi-token-0"));
+    assert!(
+        seen.iter()
+            .all(|s| s.headers["authorization"] == "Bearer mi-token-0")
+    );
 
     let (query, header) = identity.seen.lock().unwrap()[0].clone();
     assert!(query.contains("api-version=2019-08-01"), "{query}");
-    assert!(query.contains("resource=https%3A%2F%2Fcognitiveservices.azure.com"), "{query}");
+    assert!(
+        query.contains("resource=https%3A%2F%2Fcognitiveservices.azure.com"),
+        "{query}"
+    );
     assert_eq!(header.as_deref(), Some("the-identity-header"));
 
-    let ready = c.get(format!("{}/readyz", proxy.url())).send().await.unwrap();
+    let ready = c
+        .get(format!("{}/readyz", proxy.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
-    assert!(!proxy.output().contains("mi-token"), "the token must never be logged:\n{}", proxy.output());
+    assert!(
+        !proxy.output().contains("mi-token"),
+        "the token must never be logged:\n{}",
+        proxy.output()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_cli_credential_runs_az_from_path_with_scope_and_tenant() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("az.log");
-    let expires = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let expires = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
     let script = format!(
         "#!/bin/sh\necho \"$@\" >> '{}'\ncat <<EOF\n{{\"accessToken\":\"cli-token\",\"expiresOn\":\"2099-01-01 00:00:00.000000\",\"expires_on\":{expires},\"subscription\":\"sub\",\"tenant\":\"tenant-1\",\"tokenType\":\"Bearer\"}}\nEOF\n",
         log.display()
@@ -121,13 +164,26 @@ async fn azure_cli_credential_runs_az_from_path_with_scope_and_tenant() {
     std::fs::write(&az, script).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
 
     let mock = Mock::start(|_| Reply::json("{}")).await;
     let endpoint = mock.url.to_string();
     let proxy = tokio::task::spawn_blocking(move || {
         spawn_keyless(
-            &["--listen", "127.0.0.1:0", "--endpoint", &endpoint, "--credential", "azure-cli", "--tenant-id", "tenant-1"],
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--endpoint",
+                &endpoint,
+                "--credential",
+                "azure-cli",
+                "--tenant-id",
+                "tenant-1",
+            ],
             &[("PATH", &path)],
         )
     })
@@ -145,9 +201,15 @@ async fn azure_cli_credential_runs_az_from_path_with_scope_and_tenant() {
     let calls = std::fs::read_to_string(&log).unwrap();
     assert_eq!(calls.lines().count(), 1, "{calls}");
     assert!(calls.contains("account get-access-token"), "{calls}");
-    assert!(calls.contains("--scope https://cognitiveservices.azure.com/.default"), "{calls}");
+    assert!(
+        calls.contains("--scope https://cognitiveservices.azure.com/.default"),
+        "{calls}"
+    );
     assert!(calls.contains("--tenant tenant-1"), "{calls}");
-    assert!(!proxy.output().contains("cli-token"), "the token must never be logged");
+    assert!(
+        !proxy.output().contains("cli-token"),
+        "the token must never be logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +221,14 @@ async fn a_missing_identity_is_a_prompt_503_that_says_why() {
     let endpoint = mock.url.to_string();
     let proxy = tokio::task::spawn_blocking(move || {
         spawn_keyless(
-            &["--listen", "127.0.0.1:0", "--endpoint", &endpoint, "--credential", "managed-identity"],
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--endpoint",
+                &endpoint,
+                "--credential",
+                "managed-identity",
+            ],
             &[("IDENTITY_ENDPOINT", &id_url), ("IDENTITY_HEADER", "x")],
         )
     })
@@ -183,7 +252,11 @@ async fn a_missing_identity_is_a_prompt_503_that_says_why() {
     assert_eq!(v["error"]["code"], "no_token");
     let message = v["error"]["message"].as_str().unwrap();
     assert!(message.contains("ManagedIdentityCredential"), "{message}");
-    let ready = client().get(format!("{}/readyz", proxy.url())).send().await.unwrap();
+    let ready = client()
+        .get(format!("{}/readyz", proxy.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     assert!(mock.seen().is_empty());
 }

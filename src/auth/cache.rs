@@ -15,6 +15,7 @@ use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use rand::Rng;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,8 @@ struct Inner {
     state: watch::Sender<TokenState>,
     /// Wakes the refresher early (the token was rejected upstream).
     wake: Notify,
+    acquired: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// A shared, background-refreshed Entra token for one scope. Cheap to clone.
@@ -85,6 +88,8 @@ impl TokenCache {
             current: ArcSwapOption::empty(),
             state,
             wake: Notify::new(),
+            acquired: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         });
         tasks.spawn(refresh_loop(inner.clone(), shutdown));
         TokenCache { inner }
@@ -137,6 +142,19 @@ impl TokenCache {
         self.inner.state.borrow().clone()
     }
 
+    /// The scope this cache holds tokens for.
+    pub fn scope(&self) -> &str {
+        &self.inner.scope
+    }
+
+    /// Acquisitions so far: (succeeded, failed).
+    pub fn acquisitions(&self) -> (u64, u64) {
+        (
+            self.inner.acquired.load(Ordering::Relaxed),
+            self.inner.failed.load(Ordering::Relaxed),
+        )
+    }
+
     /// Which credential is in use.
     pub fn source_name(&self) -> String {
         self.inner.source.name()
@@ -177,11 +195,13 @@ async fn refresh_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
         });
         let next = match result.and_then(|token| store(&inner, token)) {
             Ok(refresh_in) => {
+                inner.acquired.fetch_add(1, Ordering::Relaxed);
                 backoff = BACKOFF_MIN;
                 tracing::debug!(credential = %inner.source.name(), refresh_in = ?refresh_in, "token acquired");
                 refresh_in
             }
             Err(err) => {
+                inner.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %err, retry_in = ?backoff, "token acquisition failed");
                 if usable_for(&inner).is_none() {
                     inner.current.store(None);
@@ -207,7 +227,10 @@ async fn refresh_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
 /// How long the held token stays usable, if one is held and usable.
 fn usable_for(inner: &Inner) -> Option<Duration> {
     let held = inner.current.load();
-    let left = held.as_deref()?.usable_until.checked_duration_since(Instant::now())?;
+    let left = held
+        .as_deref()?
+        .usable_until
+        .checked_duration_since(Instant::now())?;
     (!left.is_zero()).then_some(left)
 }
 
@@ -253,7 +276,7 @@ mod tests {
     use super::*;
     use crate::auth::Secret;
     use futures_util::future::BoxFuture;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     struct Counting {
         calls: AtomicUsize,

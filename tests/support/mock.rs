@@ -14,8 +14,8 @@ use keyless::config::{Config, Flags};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
-use tokio::net::TcpListener;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +26,8 @@ pub struct Seen {
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the mock had read the whole request.
+    pub at: Instant,
 }
 
 /// How the mock answers.
@@ -45,9 +47,24 @@ pub enum Reply {
     },
     /// Never answer (until the mock stops).
     Hang,
+    /// Read the request, then reset the connection (TCP RST) without sending a head.
+    Reset,
+    /// Answer with the inner reply after a delay: a slow response head.
+    After(Duration, Box<Reply>),
 }
 
 impl Reply {
+    /// A whole response with `status`, `headers` and a JSON body.
+    pub fn status(status: u16, headers: &[(&'static str, &str)], body: &str) -> Reply {
+        let mut all = vec![("content-type", "application/json".to_owned())];
+        all.extend(headers.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        Reply::Full {
+            status,
+            headers: all,
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
     /// 200 with a JSON body.
     pub fn json(body: &str) -> Reply {
         Reply::Full {
@@ -60,10 +77,48 @@ impl Reply {
 
 type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
 
+/// What the mock counts besides the requests: connections accepted, requests whose
+/// answer is still being worked on (the handler's future alive), the most at once, and
+/// those dropped before an answer (the caller went away).
+#[derive(Default)]
+struct Counters {
+    connections: AtomicUsize,
+    active: AtomicUsize,
+    peak: AtomicUsize,
+    abandoned: AtomicUsize,
+}
+
+/// Counts a request as active until dropped; as abandoned if dropped before `done`.
+struct Working {
+    counters: Arc<Counters>,
+    done: bool,
+}
+
+impl Working {
+    fn new(counters: Arc<Counters>) -> Working {
+        let now = counters.active.fetch_add(1, Ordering::SeqCst) + 1;
+        counters.peak.fetch_max(now, Ordering::SeqCst);
+        Working {
+            counters,
+            done: false,
+        }
+    }
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.counters.active.fetch_sub(1, Ordering::SeqCst);
+        if !self.done {
+            self.counters.abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The mock upstream.
 pub struct Mock {
     pub url: url::Url,
     seen: Arc<Mutex<Vec<Seen>>>,
+    counters: Arc<Counters>,
     stop: CancellationToken,
 }
 
@@ -84,42 +139,109 @@ impl Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let counters = Arc::new(Counters::default());
         let stop = CancellationToken::new();
-        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let (seen2, counters2, stop2) = (seen.clone(), counters.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     _ = stop2.cancelled() => return,
                     r = listener.accept() => r.unwrap(),
                 };
-                let (handler, seen, stop) = (handler.clone(), seen2.clone(), stop2.clone());
+                counters2.connections.fetch_add(1, Ordering::SeqCst);
+                let (handler, seen, counters, stop) = (
+                    handler.clone(),
+                    seen2.clone(),
+                    counters2.clone(),
+                    stop2.clone(),
+                );
                 tokio::spawn(async move {
+                    // A second handle on the socket, to reset it (zero linger) on cue.
+                    let (stream, twin) = split_for_reset(stream);
+                    let reset = CancellationToken::new();
+                    let reset2 = reset.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (handler, seen, stop) = (handler.clone(), seen.clone(), stop.clone());
+                        let (handler, seen, counters, stop, reset) = (
+                            handler.clone(),
+                            seen.clone(),
+                            counters.clone(),
+                            stop.clone(),
+                            reset2.clone(),
+                        );
                         async move {
+                            let mut working = Working::new(counters);
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             let record = Seen {
                                 method: parts.method,
-                                path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                                path_and_query: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default(),
                                 headers: parts.headers,
                                 body,
+                                at: Instant::now(),
                             };
                             seen.lock().unwrap().push(record.clone());
-                            Ok::<_, Infallible>(respond(handler(&record), stop).await)
+                            let response = respond(handler(&record), stop, reset).await;
+                            working.done = true;
+                            Ok::<_, Infallible>(response)
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = reset.cancelled() => {
+                            // Zero linger on the twin, then close every handle: the kernel
+                            // answers with RST instead of FIN.
+                            if let Some(twin) = twin.and_then(|t| TcpStream::from_std(t).ok()) {
+                                let _ = twin.set_zero_linger();
+                            }
+                        }
+                    }
                 });
             }
         });
         Mock {
             url: url::Url::parse(&format!("http://{addr}")).unwrap(),
             seen,
+            counters,
             stop,
         }
+    }
+
+    /// A URL on which nothing listens: connecting to it is refused.
+    pub fn refusing_url() -> url::Url {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = url::Url::parse(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
+        drop(closed);
+        url
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.counters.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests whose answer is still being worked on (a hanging or slow head).
+    pub fn active(&self) -> usize {
+        self.counters.active.load(Ordering::SeqCst)
+    }
+
+    /// The most requests worked on at once.
+    pub fn peak(&self) -> usize {
+        self.counters.peak.load(Ordering::SeqCst)
+    }
+
+    /// Requests dropped before their answer was ready: the caller went away.
+    pub fn abandoned(&self) -> usize {
+        self.counters.abandoned.load(Ordering::SeqCst)
     }
 
     /// Everything seen so far.
@@ -130,16 +252,43 @@ impl Mock {
     /// The only request seen (panics if there were not exactly one).
     pub fn one(&self) -> Seen {
         let seen = self.seen();
-        assert_eq!(seen.len(), 1, "expected exactly one upstream request, got {seen:#?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "expected exactly one upstream request, got {seen:#?}"
+        );
         seen.into_iter().next().unwrap()
     }
 }
 
 type MockBody = BoxBody<Bytes, std::io::Error>;
 
-async fn respond(reply: Reply, stop: CancellationToken) -> Response<MockBody> {
+/// The stream, and a second handle on the same socket (`None` if it cannot be made).
+fn split_for_reset(stream: TcpStream) -> (TcpStream, Option<std::net::TcpStream>) {
+    let std = stream.into_std().unwrap();
+    let twin = std.try_clone().ok();
+    (TcpStream::from_std(std).unwrap(), twin)
+}
+
+fn respond(
+    reply: Reply,
+    stop: CancellationToken,
+    reset: CancellationToken,
+) -> BoxFuture<'static, Response<MockBody>> {
+    Box::pin(respond_inner(reply, stop, reset))
+}
+
+async fn respond_inner(
+    reply: Reply,
+    stop: CancellationToken,
+    reset: CancellationToken,
+) -> Response<MockBody> {
     match reply {
-        Reply::Full { status, headers, body } => {
+        Reply::Full {
+            status,
+            headers,
+            body,
+        } => {
             let mut r = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
             *r.status_mut() = StatusCode::from_u16(status).unwrap();
             for (k, v) in headers {
@@ -147,7 +296,11 @@ async fn respond(reply: Reply, stop: CancellationToken) -> Response<MockBody> {
             }
             r
         }
-        Reply::Stream { status, headers, frames } => {
+        Reply::Stream {
+            status,
+            headers,
+            frames,
+        } => {
             let stream = futures_util::stream::unfold(frames, |mut rx| async move {
                 rx.recv().await.map(|item| (item.map(Frame::data), rx))
             });
@@ -160,7 +313,19 @@ async fn respond(reply: Reply, stop: CancellationToken) -> Response<MockBody> {
         }
         Reply::Hang => {
             stop.cancelled().await;
-            Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
+            Response::new(
+                Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+        }
+        Reply::Reset => {
+            reset.cancel();
+            std::future::pending().await
+        }
+        Reply::After(delay, reply) => {
+            tokio::time::sleep(delay).await;
+            respond(*reply, stop, reset).await
         }
     }
 }
@@ -174,10 +339,18 @@ pub struct TestIdentity {
 
 impl TestIdentity {
     pub fn ok() -> Arc<TestIdentity> {
-        Arc::new(TestIdentity { calls: AtomicUsize::new(0), delay: Duration::ZERO, failure: None })
+        Arc::new(TestIdentity {
+            calls: AtomicUsize::new(0),
+            delay: Duration::ZERO,
+            failure: None,
+        })
     }
     pub fn slow(delay: Duration) -> Arc<TestIdentity> {
-        Arc::new(TestIdentity { calls: AtomicUsize::new(0), delay, failure: None })
+        Arc::new(TestIdentity {
+            calls: AtomicUsize::new(0),
+            delay,
+            failure: None,
+        })
     }
     pub fn failing(message: &str) -> Arc<TestIdentity> {
         Arc::new(TestIdentity {
@@ -197,7 +370,10 @@ impl Acquire for TestIdentity {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
             match &self.failure {
-                Some(message) => Err(AuthError { credential: "TestIdentity".into(), message: message.clone() }),
+                Some(message) => Err(AuthError {
+                    credential: "TestIdentity".into(),
+                    message: message.clone(),
+                }),
                 None => Ok(Token {
                     secret: Secret::new(format!("test-token-{n}")),
                     expires_at: SystemTime::now() + Duration::from_secs(3600),
@@ -232,15 +408,25 @@ impl Proxy {
     }
 
     /// Starts keyless with a ready-made config.
-    pub async fn start_with(config: Config, upstream: url::Url, identity: Arc<dyn Acquire>) -> Proxy {
+    pub async fn start_with(
+        config: Config,
+        upstream: url::Url,
+        identity: Arc<dyn Acquire>,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
         let s = stop.clone();
         let task = tokio::spawn(async move {
-            keyless::run_with_identity(config, upstream, identity, listener, s).await.unwrap();
+            keyless::run_with_identity(config, upstream, identity, listener, s)
+                .await
+                .unwrap();
         });
-        Proxy { base, stop, task: Some(task) }
+        Proxy {
+            base,
+            stop,
+            task: Some(task),
+        }
     }
 
     /// Stops keyless and waits for it to finish.

@@ -1,0 +1,312 @@
+//! What operators see: Prometheus metrics and one log line per request.
+//!
+//! The log line is written when the response body ends (or is cut), not when its head
+//! goes out, so that a stream's line carries its real duration and byte count. Nothing
+//! here ever holds a header value: tokens and keys cannot reach a log line or a label.
+
+use crate::auth::TokenCache;
+use crate::body::{BodyEnd, End};
+use crate::limit::Permit;
+use http::Method;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Labels of `keyless_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The operation (`chat/completions`, `responses`, `azure`, ...), a bounded set.
+    pub route: &'static str,
+    /// The deployment, or empty.
+    pub deployment: Arc<str>,
+    /// The backend, or empty.
+    pub backend: Arc<str>,
+    /// The status sent to the client.
+    pub status: u16,
+}
+
+/// Labels with a route only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The operation.
+    pub route: &'static str,
+}
+
+/// Labels with a backend only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// The backend.
+    pub backend: Arc<str>,
+}
+
+/// Labels of `keyless_retries_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// The backend that failed.
+    pub backend: Arc<str>,
+    /// `status_429`, `status_503`, ..., `connect`, `timeout`, `unauthorized`.
+    pub reason: &'static str,
+}
+
+/// Labels of `keyless_rate_limited_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// The deployment (or backend) refused.
+    pub backend: Arc<str>,
+    /// Which limit refused.
+    pub limit: &'static str,
+}
+
+/// Every metric keyless keeps.
+pub struct Telemetry {
+    registry: Registry,
+    /// Requests answered, by route, deployment, backend and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time from request to the end of the response body.
+    pub duration: Family<RouteLabels, Histogram>,
+    /// Time from sending to Azure to its response head (time to first byte).
+    pub upstream_head: Family<BackendLabels, Histogram>,
+    /// Attempts after the first, by backend and reason.
+    pub retries: Family<RetryLabels, Counter>,
+    /// Requests refused by keyless's own limits.
+    pub rate_limited: Family<LimitLabels, Counter>,
+    /// Requests being handled (a stream counts until it ends).
+    pub in_flight: Gauge,
+    /// SSE responses open.
+    pub open_streams: Gauge,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~9 minutes: model calls range from milliseconds (embeddings) to minutes
+    // (reasoning models).
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
+impl Telemetry {
+    /// Registers every metric; `tokens` are reported at each scrape.
+    pub fn new(tokens: Vec<TokenCache>) -> Telemetry {
+        let mut registry = Registry::with_prefix("keyless");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let upstream_head = Family::<BackendLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let retries = Family::<RetryLabels, Counter>::default();
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        let in_flight = Gauge::default();
+        let open_streams = Gauge::default();
+        registry.register("requests", "Requests answered", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the end of the response body",
+            duration.clone(),
+        );
+        registry.register(
+            "upstream_response_seconds",
+            "Time from sending to Azure OpenAI to its response head",
+            upstream_head.clone(),
+        );
+        registry.register(
+            "retries",
+            "Attempts after the first, by backend and reason",
+            retries.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by keyless's own limits",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests being handled",
+            in_flight.clone(),
+        );
+        registry.register(
+            "open_streams",
+            "Server-sent event responses open",
+            open_streams.clone(),
+        );
+        registry.register_collector(Box::new(TokenCollector { tokens }));
+        Telemetry {
+            registry,
+            requests,
+            duration,
+            upstream_head,
+            retries,
+            rate_limited,
+            in_flight,
+            open_streams,
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Token metrics, read from the caches at scrape time.
+#[derive(Debug)]
+struct TokenCollector {
+    tokens: Vec<TokenCache>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    scope: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: String,
+}
+
+impl Collector for TokenCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let mut family = encoder.encode_descriptor(
+                "token_acquisitions",
+                "Entra token acquisitions, by scope and result",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for cache in &self.tokens {
+                let (ok, failed) = cache.acquisitions();
+                for (result, n) in [("success", ok), ("failure", failed)] {
+                    let labels = TokenLabels {
+                        scope: cache.scope().to_owned(),
+                        result,
+                    };
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "token_expires_in_seconds",
+            "Seconds until the held token expires (0 when none is held)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for cache in &self.tokens {
+            let left = cache
+                .expires_at()
+                .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            let labels = ScopeLabels {
+                scope: cache.scope().to_owned(),
+            };
+            ConstGauge::new(left).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// One request's record: logged, and counted, when its response ends.
+pub struct RequestLog {
+    /// Shared metrics.
+    pub telemetry: Arc<Telemetry>,
+    /// Request method.
+    pub method: Method,
+    /// Request path (never the query).
+    pub path: String,
+    /// Route label.
+    pub route: &'static str,
+    /// `x-request-id`, received or made.
+    pub request_id: String,
+    /// Deployment used.
+    pub deployment: Option<Arc<str>>,
+    /// Backend used.
+    pub backend: Option<Arc<str>>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Azure's `apim-request-id`.
+    pub upstream_request_id: Option<String>,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Whether this is an SSE stream (counted in `open_streams`).
+    pub stream: bool,
+    /// The concurrency slot, released with the record.
+    pub permit: Permit,
+}
+
+impl RequestLog {
+    /// Counts and logs the request now that its response is over.
+    pub fn finish(self, bytes: u64, end: End) {
+        let elapsed = self.started.elapsed();
+        let empty: Arc<str> = Arc::from("");
+        self.telemetry
+            .requests
+            .get_or_create(&RequestLabels {
+                route: self.route,
+                deployment: self.deployment.clone().unwrap_or_else(|| empty.clone()),
+                backend: self.backend.clone().unwrap_or(empty),
+                status: self.status,
+            })
+            .inc();
+        self.telemetry
+            .duration
+            .get_or_create(&RouteLabels { route: self.route })
+            .observe(elapsed.as_secs_f64());
+        self.telemetry.in_flight.dec();
+        if self.stream {
+            self.telemetry.open_streams.dec();
+        }
+        let outcome = match &end {
+            End::Complete => "complete",
+            End::Failed(_) => "upstream_failed",
+            End::ClientGone => "client_gone",
+        };
+        let error = match &end {
+            End::Failed(e) => e.as_str(),
+            _ => "",
+        };
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        let deployment = self.deployment.as_deref().unwrap_or("-");
+        let backend = self.backend.as_deref().unwrap_or("-");
+        let upstream_request_id = self.upstream_request_id.as_deref().unwrap_or("-");
+        if matches!(self.route, "healthz" | "readyz" | "metrics") {
+            tracing::debug!(method = %self.method, route = self.route, status = self.status, duration_ms, "probe");
+        } else if matches!(end, End::Failed(_)) {
+            tracing::warn!(
+                method = %self.method, route = self.route, path = %self.path, deployment, backend,
+                attempts = self.attempts, status = self.status, duration_ms, bytes,
+                request_id = %self.request_id, upstream_request_id, outcome, error,
+                "request"
+            );
+        } else {
+            tracing::info!(
+                method = %self.method, route = self.route, path = %self.path, deployment, backend,
+                attempts = self.attempts, status = self.status, duration_ms, bytes,
+                request_id = %self.request_id, upstream_request_id, outcome,
+                "request"
+            );
+        }
+        drop(self.permit);
+    }
+}
+
+impl BodyEnd for RequestLog {
+    fn end(self: Box<Self>, bytes: u64, end: End) {
+        (*self).finish(bytes, end);
+    }
+}
