@@ -112,6 +112,10 @@ pub struct Flags {
     /// goes to the client at once [default: 60s].
     #[arg(long, env = "KEYLESS_RETRY_MAX_WAIT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub retry_max_wait: Option<Duration>,
+    /// Extra CA certificates (PEM) to trust for Azure, e.g. a corporate TLS-inspecting
+    /// proxy's; the platform's roots (or Mozilla's) stay trusted.
+    #[arg(long, env = "KEYLESS_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
     /// A second listener for /metrics, /healthz and /readyz only, so a scraper or the
     /// kubelet can reach them while the proxy stays on loopback.
     #[arg(long, env = "KEYLESS_ADMIN_LISTEN", value_name = "ADDR")]
@@ -163,6 +167,7 @@ struct RawConfig {
     admin_listen: Option<SocketAddr>,
     #[serde(default, with = "opt_duration")]
     shutdown_grace: Option<Duration>,
+    ca_file: Option<PathBuf>,
     retry: Option<RawRetry>,
     limits: Option<RawLimits>,
 }
@@ -231,6 +236,7 @@ const KNOWN_KEYS: &[&str] = &[
     "log_format",
     "admin_listen",
     "shutdown_grace",
+    "ca_file",
     "retry",
     "limits",
 ];
@@ -393,6 +399,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Time given to requests in flight at shutdown.
     pub shutdown_grace: Duration,
+    /// Extra CA certificates to trust for Azure.
+    pub ca_file: Option<PathBuf>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -600,6 +608,7 @@ impl Config {
                 retry,
                 limits,
                 admin_listen: flags.admin_listen.or(raw.admin_listen),
+                ca_file: flags.ca_file.clone().or(raw.ca_file),
                 shutdown_grace: flags
                     .shutdown_grace
                     .or(raw.shutdown_grace)

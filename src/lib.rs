@@ -41,9 +41,6 @@ pub enum StartError {
     /// The simulator could not start.
     #[error("cannot start the simulator: {0}")]
     Simulator(std::io::Error),
-    /// TLS set-up failed.
-    #[error("cannot set up TLS: {0}")]
-    Tls(#[from] rustls::Error),
     /// Anything else about the configuration.
     #[error("{0}")]
     Invalid(String),
@@ -144,7 +141,8 @@ pub async fn run_with_identity(
         Ok(up)
     })
     .map_err(StartError::Invalid)?;
-    let client = upstream::client(config.timeouts.connect)?;
+    let client = upstream::client(config.timeouts.connect, config.ca_file.as_deref())
+        .map_err(StartError::Invalid)?;
     let telemetry = Arc::new(telemetry::Telemetry::new(caches.into_values().collect()));
     let grace = config.shutdown_grace;
     let app = Arc::new(app::App::new(config, router, client, telemetry));

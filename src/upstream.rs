@@ -7,14 +7,17 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The pooled HTTP client keyless sends every upstream request through.
 pub type Client = HyperClient<HttpsConnector<HttpConnector>, Body>;
 
-/// Builds the upstream client.
-pub fn client(connect_timeout: Duration) -> Result<Client, rustls::Error> {
+/// Builds the upstream client, trusting `ca_file`'s certificates besides the usual roots.
+pub fn client(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Client, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -22,7 +25,7 @@ pub fn client(connect_timeout: Duration) -> Result<Client, rustls::Error> {
     http.set_keepalive(Some(Duration::from_secs(60)));
 
     let https = HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config()?)
+        .with_tls_config(tls_config(ca_file)?)
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
@@ -40,7 +43,7 @@ pub fn client(connect_timeout: Duration) -> Result<Client, rustls::Error> {
 
 /// rustls with the platform's roots when it has any (corporate proxies add theirs there),
 /// else the Mozilla roots compiled in (distroless images have no CA bundle).
-fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -49,9 +52,28 @@ fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
     if roots.is_empty() {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read --ca-file {}: {e}", path.display()))?;
+        let mut added = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!(
+                "--ca-file {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+    }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
