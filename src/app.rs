@@ -457,7 +457,7 @@ impl App {
                     // acceptable; otherwise hand back what Azure last said.
                     let can_wait = wait <= policy.max_wait
                         && Instant::now() + wait < deadline
-                        && outcome.attempts < policy.attempts
+                        && outcome.attempts < policy.attempts + u32::from(reauthorised)
                         && (outcome.attempts == 0 || prepared.replayable());
                     if !can_wait {
                         return self.give_up(last, last_error, limited, Some(wait), outcome);

@@ -177,6 +177,55 @@ A checksum of the config, for a pod annotation that rolls the pods when it chang
 {{- end }}
 
 {{/*
+shutdownGrace in whole seconds. keyless parses it with humantime; the chart accepts the
+subset it can also add up: hours, minutes and seconds, e.g. 30s, 2m, 1m30s.
+*/}}
+{{- define "keyless.shutdownGraceSeconds" -}}
+{{- $grace := toString .Values.shutdownGrace }}
+{{- if or (eq $grace "") (not (regexMatch "^([0-9]+h)?([0-9]+m)?([0-9]+s)?$" $grace)) }}
+{{- fail (printf "shutdownGrace %q: write whole hours, minutes and seconds, e.g. 30s, 2m or 1m30s" $grace) }}
+{{- end }}
+{{- $seconds := 0 }}
+{{- range regexFindAll "[0-9]+[hms]" $grace -1 }}
+{{- $unit := regexFind "[hms]$" . }}
+{{- $n := trimSuffix $unit . | atoi }}
+{{- $seconds = add $seconds (mul $n (get (dict "h" 3600 "m" 60 "s" 1) $unit)) }}
+{{- end }}
+{{- $seconds }}
+{{- end }}
+
+{{/*
+The gateway pod's terminationGracePeriodSeconds: it must cover the preStop sleep and then
+keyless's shutdown grace, or the kubelet kills streams keyless is still draining. Unset:
+sleep + grace + 5. Set: checked.
+*/}}
+{{- define "keyless.terminationGracePeriodSeconds" -}}
+{{- $needed := add (int .Values.preStopSleepSeconds) (include "keyless.shutdownGraceSeconds" . | atoi) }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add $needed 5 }}
+{{- else if le (int .Values.terminationGracePeriodSeconds) $needed }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds (%d) plus shutdownGrace (%s), %d s in all, or the kubelet kills streams keyless is still draining; leave it empty to have it computed" (int .Values.terminationGracePeriodSeconds) (int .Values.preStopSleepSeconds) (toString .Values.shutdownGrace) $needed) }}
+{{- else }}
+{{- int .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* A loopback address: the kubelet cannot reach a listener there. */}}
+{{- define "keyless.isLoopback" -}}
+{{- if or (hasPrefix "127." .) (has . (list "localhost" "::1" "[::1]")) }}true{{ end }}
+{{- end }}
+
+{{/* One HTTP probe: (dict "path" "/readyz" "port" <name or number> "timing" <map>). */}}
+{{- define "keyless.probe" -}}
+httpGet:
+  path: {{ .path }}
+  port: {{ .port }}
+{{- with .timing }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
 The keyless container, shared by the gateway Deployment and the sidecar.
 Call with (dict "ctx" <keyless scope> "sidecar" <bool>).
 */}}
@@ -184,6 +233,28 @@ Call with (dict "ctx" <keyless scope> "sidecar" <bool>).
 {{- $ctx := .ctx }}
 {{- $v := $ctx.Values }}
 {{- $sidecar := .sidecar }}
+{{- /* The probes: which port, and path and timing of each ("" when there are none). */}}
+{{- $probePort := "" }}
+{{- $probes := dict }}
+{{- if $sidecar }}
+{{- if $v.sidecar.probes.enabled }}
+{{- if $v.admin.enabled }}
+{{- $probePort = int $v.admin.port }}
+{{- else if include "keyless.isLoopback" $v.sidecar.listenAddress }}
+{{- fail (printf "sidecar.probes.enabled needs admin.enabled: the kubelet cannot reach keyless on %s; or set sidecar.probes.enabled=false" $v.sidecar.listenAddress) }}
+{{- else }}
+{{- $probePort = int $v.sidecar.port }}
+{{- end }}
+{{- /* The startup probe waits for a token: the app's containers start only after it. */}}
+{{- $probes = dict "startupProbe" (list "/readyz" $v.sidecar.probes.startup) "livenessProbe" (list "/healthz" $v.sidecar.probes.liveness) "readinessProbe" (list "/readyz" $v.sidecar.probes.readiness) }}
+{{- end }}
+{{- else }}
+{{- $probePort = $v.probes.port }}
+{{- if and (eq $probePort "admin") (not $v.admin.enabled) }}
+{{- fail "probes.port admin needs admin.enabled" }}
+{{- end }}
+{{- $probes = dict "startupProbe" (list "/healthz" $v.probes.startup) "livenessProbe" (list "/healthz" $v.probes.liveness) "readinessProbe" (list "/readyz" $v.probes.readiness) }}
+{{- end -}}
 name: keyless
 image: {{ include "keyless.image" $ctx | quote }}
 imagePullPolicy: {{ $v.image.pullPolicy }}
@@ -200,14 +271,11 @@ args:
   - {{ printf "--listen=0.0.0.0:%d" (int $v.port) | quote }}
   {{- end }}
   - --config=/etc/keyless/config.toml
-  {{- if and (not $sidecar) $v.admin.enabled }}
-  # Needs --admin-listen (forthcoming).
+  {{- if $v.admin.enabled }}
+  # /metrics, /healthz and /readyz only: it never reaches Azure.
   - {{ printf "--admin-listen=0.0.0.0:%d" (int $v.admin.port) | quote }}
   {{- end }}
-  {{- with $v.shutdownGrace }}
-  # Needs --shutdown-grace (forthcoming).
-  - {{ printf "--shutdown-grace=%s" . | quote }}
-  {{- end }}
+  - {{ printf "--shutdown-grace=%s" (toString $v.shutdownGrace) | quote }}
   {{- range $v.extraArgs }}
   - {{ . | quote }}
   {{- end }}
@@ -236,25 +304,20 @@ ports:
     containerPort: {{ $v.admin.port }}
     protocol: TCP
   {{- end }}
+{{- else if $v.admin.enabled }}
+# Named for the whole pod: the app's containers may have an `admin` port of their own.
+ports:
+  - name: keyless-admin
+    containerPort: {{ $v.admin.port }}
+    protocol: TCP
 {{- end }}
-{{- if or (not $sidecar) $v.sidecar.probes.enabled }}
-{{- $port := "http" }}
-{{- if $sidecar }}{{ $port = $v.sidecar.probes.port | default $v.sidecar.port | int }}{{ end }}
-startupProbe:
-  httpGet:
-    path: /healthz
-    port: {{ $port }}
-  {{- toYaml $v.probes.startup | nindent 2 }}
-livenessProbe:
-  httpGet:
-    path: /healthz
-    port: {{ $port }}
-  {{- toYaml $v.probes.liveness | nindent 2 }}
-readinessProbe:
-  httpGet:
-    path: /readyz
-    port: {{ $port }}
-  {{- toYaml $v.probes.readiness | nindent 2 }}
+{{- range $kind := list "startupProbe" "livenessProbe" "readinessProbe" }}
+{{- with get $probes $kind }}
+{{- if index . 1 }}
+{{ $kind }}:
+  {{- include "keyless.probe" (dict "path" (index . 0) "port" $probePort "timing" (index . 1)) | nindent 2 }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if and (not $sidecar) (gt (int $v.preStopSleepSeconds) 0) }}
 lifecycle:
@@ -311,7 +374,10 @@ calls these with the keyless scope, .Subcharts.keyless:
           {{- include "keyless.sidecar.volumes" .Subcharts.keyless | nindent 10 }}
 
 "keyless.sidecar" is one item of an `initContainers:` list; "keyless.sidecar.volumes" one
-item of a `volumes:` list. The app uses any API key. For workload identity the pod needs the
+item of a `volumes:` list. The app uses any API key. By default keyless's admin listener
+(/metrics, /healthz, /readyz; port "keyless.sidecar.adminPort", named keyless-admin) answers
+the kubelet's probes on 0.0.0.0, and the startup probe holds the app's containers back until
+keyless holds a token. For workload identity the pod needs the
 label and its ServiceAccount the annotation ("keyless.workloadIdentity.serviceAccountAnnotations").
 Needs Kubernetes 1.29 or later.
 */}}
@@ -325,4 +391,10 @@ Needs Kubernetes 1.29 or later.
 
 {{- define "keyless.sidecar.baseURL" -}}
 {{- printf "http://127.0.0.1:%d/v1" (int .Values.sidecar.port) }}
+{{- end }}
+
+{{/* The sidecar's admin port (metrics and probes), empty when admin is off: for the app
+chart's NetworkPolicy or PodMonitor. */}}
+{{- define "keyless.sidecar.adminPort" -}}
+{{- if .Values.admin.enabled }}{{ int .Values.admin.port }}{{ end }}
 {{- end }}
