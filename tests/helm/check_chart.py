@@ -5,7 +5,9 @@ Renders the chart with helm-python-sdk (Helm's own Go SDK, no helm binary) as a 
 gateway and, through helm/examples/app-chart, as a native sidecar, each with AKS workload
 identity on and off; validates every rendered object against the Kubernetes JSON schemas
 (kubernetes-validate, strict: unknown fields fail) for the oldest Kubernetes the chart
-declares and the newest the validator knows; and asserts what issue 6 asks of the chart.
+declares and the newest the validator knows (the optional ServiceMonitor, a Prometheus
+Operator CRD those schemas lack, is checked field by field); and asserts what issue 6 asks
+of the chart, and that the chart matches the keyless it deploys (src/config.rs).
 
     python3 -m venv tests/helm/.venv
     tests/helm/.venv/bin/pip install -r tests/helm/requirements.txt
@@ -40,9 +42,19 @@ CLIENT_ID = "11111111-2222-3333-4444-555555555555"
 ENDPOINT = "https://my-resource.openai.azure.com"
 WI_LABEL = "azure.workload.identity/use"
 WI_CLIENT_ID = "azure.workload.identity/client-id"
-# Flags the chart passes only when asked (admin.enabled, shutdownGrace), for keyless features
-# that are coming; once keyless has them, this check says so.
-FORTHCOMING_FLAGS = {"--admin-listen", "--shutdown-grace"}
+# keyless config keys the chart sets itself, as flags, from dedicated values rather than from
+# `config` (values.schema.json rejects them there): key -> (flag, the values that set it).
+CHART_SET_KEYS = {
+    "listen": ("--listen", "port, sidecar.listenAddress, sidecar.port"),
+    "admin_listen": ("--admin-listen", "admin.enabled, admin.port"),
+    "shutdown_grace": ("--shutdown-grace", "shutdownGrace"),
+    "ca_file": ("--ca-file", "caBundle"),
+}
+# Environment the chart sets for keyless features that are still to come (app keys); once
+# keyless's source reads one, this check says so, so the chart's "forthcoming" notes go.
+FORTHCOMING_ENV = {"KEYLESS_APP_KEYS_FILE"}
+SRC = ROOT / "src"
+ADMIN_PORT = 8788
 
 passed = 0
 failed = 0
@@ -170,9 +182,9 @@ def arg_value(args: list[str], flag: str) -> str | None:
     return None
 
 
-def expect_render_error(values: dict[str, Any], needle: str, label: str) -> None:
+def expect_render_error(values: dict[str, Any], needle: str, label: str, chart_dir: Path = CHART) -> None:
     try:
-        render(CHART, values)
+        render(chart_dir, values)
     except helm.HelmError as error:
         check(label, needle in str(error), f"error does not mention {needle!r}: {error}")
     else:
@@ -219,7 +231,8 @@ GATEWAY_WI_ON = {
     "networkPolicy": {"enabled": True, "egress": {"enabled": True}, "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
     "admin": {"enabled": True},
     "appKeys": {"existingSecret": "keyless-app-keys"},
-    "shutdownGrace": "30s",
+    "caBundle": {"configMap": "corp-ca"},
+    "shutdownGrace": "1m30s",
 }
 
 GATEWAY_WI_OFF = {
@@ -266,10 +279,11 @@ def gateway_with_workload_identity() -> None:
     check("liveness probe on /healthz", keyless["livenessProbe"]["httpGet"]["path"] == "/healthz")
     check("startup probe on /healthz", keyless["startupProbe"]["httpGet"]["path"] == "/healthz")
     ports = {p["name"]: p["containerPort"] for p in keyless["ports"]}
-    check("container ports http 8787 and admin 9090", ports == {"http": 8787, "admin": 9090}, str(ports))
+    check("probes on the proxy port by default", {keyless[k]["httpGet"]["port"] for k in ("startupProbe", "livenessProbe", "readinessProbe")} == {"http"})
+    check(f"container ports http 8787 and admin {ADMIN_PORT}", ports == {"http": 8787, "admin": ADMIN_PORT}, str(ports))
     check("listens on all interfaces, port 8787", arg_value(keyless["args"], "--listen") == "0.0.0.0:8787", str(keyless["args"]))
-    check("admin listener flag (forthcoming --admin-listen)", arg_value(keyless["args"], "--admin-listen") == "0.0.0.0:9090", str(keyless["args"]))
-    check("shutdown grace flag (forthcoming --shutdown-grace)", arg_value(keyless["args"], "--shutdown-grace") == "30s", str(keyless["args"]))
+    check("admin listener flag --admin-listen", arg_value(keyless["args"], "--admin-listen") == f"0.0.0.0:{ADMIN_PORT}", str(keyless["args"]))
+    check("shutdown grace flag --shutdown-grace", arg_value(keyless["args"], "--shutdown-grace") == "1m30s", str(keyless["args"]))
     check("resources set", bool(keyless.get("resources", {}).get("requests")) and bool(keyless["resources"].get("limits")))
 
     sc = keyless["securityContext"]
@@ -281,7 +295,7 @@ def gateway_with_workload_identity() -> None:
 
     grace = pod["spec"]["terminationGracePeriodSeconds"]
     sleep = keyless["lifecycle"]["preStop"]["sleep"]["seconds"]
-    check("terminationGracePeriodSeconds > preStop sleep + 30s shutdown grace", grace > sleep + 30, f"{grace} vs {sleep} + 30")
+    check("terminationGracePeriodSeconds computed: preStop sleep + 1m30s shutdown grace + 5", grace == sleep + 90 + 5, f"{grace} vs {sleep} + 90 + 5")
 
     configmap = one(objects, "ConfigMap")
     toml = tomllib.loads(configmap["data"]["config.toml"])
@@ -299,11 +313,14 @@ def gateway_with_workload_identity() -> None:
     check("app keys Secret mounted read-only", mounts.get("/etc/keyless/app-keys", {}).get("readOnly") is True, str(mounts))
     check("app keys file passed as KEYLESS_APP_KEYS_FILE", env.get("KEYLESS_APP_KEYS_FILE", {}).get("value") == "/etc/keyless/app-keys/keys", str(env))
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    check("CA bundle mounted read-only and passed as --ca-file", mounts.get("/etc/keyless/ca", {}).get("readOnly") is True and arg_value(keyless["args"], "--ca-file") == "/etc/keyless/ca/ca.crt", f"{mounts} {keyless['args']}")
+    check("CA bundle volume references the existing ConfigMap", volumes.get("keyless-ca", {}).get("configMap") == {"name": "corp-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}, str(volumes.get("keyless-ca")))
     check("app keys volume references the existing Secret", volumes.get("keyless-app-keys", {}).get("secret", {}).get("secretName") == "keyless-app-keys", str(volumes))
     check("config volume references the ConfigMap", volumes.get("keyless-config", {}).get("configMap", {}).get("name") == configmap["metadata"]["name"], str(volumes))
 
     service = one(objects, "Service")
     check("Service targets the http port", any(p["name"] == "http" and p["targetPort"] == "http" and p["port"] == 8787 for p in service["spec"]["ports"]), str(service["spec"]["ports"]))
+    check("Service exposes the admin port", any(p["name"] == "admin" and p["targetPort"] == "admin" and p["port"] == ADMIN_PORT for p in service["spec"]["ports"]), str(service["spec"]["ports"]))
     check("Service selects the Deployment's pods", service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"])
 
     pdb = one(objects, "PodDisruptionBudget")
@@ -313,8 +330,9 @@ def gateway_with_workload_identity() -> None:
     check("HPA has CPU and memory targets", {m["resource"]["name"] for m in hpa["spec"]["metrics"]} == {"cpu", "memory"})
     policy = one(objects, "NetworkPolicy")
     check("NetworkPolicy restricts ingress and egress", policy["spec"]["policyTypes"] == ["Ingress", "Egress"], str(policy["spec"]["policyTypes"]))
-    ingress_ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
-    check("NetworkPolicy admits the proxy and metrics ports", ingress_ports == ["http", "admin"], str(ingress_ports))
+    ingress = {p["port"]: rule for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    check("NetworkPolicy admits the proxy and metrics ports", list(ingress) == ["http", "admin"], str(list(ingress)))
+    check("NetworkPolicy admits only networkPolicy.metricsFrom to the admin port", ingress.get("admin", {}).get("from") == GATEWAY_WI_ON["networkPolicy"]["metricsFrom"], str(ingress.get("admin")))
 
     text = notes(CHART, GATEWAY_WI_ON)
     check("NOTES give the in-cluster base URL", "http://kl-keyless.ai.svc:8787/v1" in text, text)
@@ -336,7 +354,10 @@ def gateway_without_workload_identity() -> None:
     check("replicas set (no HPA)", deployment["spec"].get("replicas") == 2)
     keyless = container(pod["spec"], "keyless")
     check("probes still on /healthz and /readyz", keyless["livenessProbe"]["httpGet"]["path"] == "/healthz" and keyless["readinessProbe"]["httpGet"]["path"] == "/readyz")
-    check("no admin port, no forthcoming flags by default", [p["name"] for p in keyless["ports"]] == ["http"] and not any(a.startswith(("--admin-listen", "--shutdown-grace")) for a in keyless["args"]), str(keyless["args"]))
+    check("admin listener on by default: port and flag", [p["name"] for p in keyless["ports"]] == ["http", "admin"] and arg_value(keyless["args"], "--admin-listen") == f"0.0.0.0:{ADMIN_PORT}", str(keyless["args"]))
+    check("shutdown grace 30s by default, passed explicitly", arg_value(keyless["args"], "--shutdown-grace") == "30s", str(keyless["args"]))
+    check("terminationGracePeriodSeconds 40 by default (5 s sleep + 30 s grace + 5)", pod["spec"]["terminationGracePeriodSeconds"] == 40, str(pod["spec"]["terminationGracePeriodSeconds"]))
+    check("no scrape annotations by default", not any(k.startswith("prometheus.io/") for k in pod["metadata"].get("annotations", {})))
     check("no app keys by default", "KEYLESS_APP_KEYS_FILE" not in {e["name"] for e in keyless["env"]})
     toml = tomllib.loads(one(objects, "ConfigMap")["data"]["config.toml"])
     check("config.toml keeps the chosen credential", toml.get("credential") == "managed-identity", str(toml))
@@ -357,23 +378,106 @@ def gateway_rejects_bad_values() -> None:
 
 @case
 def chart_values_match_keyless() -> None:
-    """the chart's config keys and sidecar flags exist in keyless (src/config.rs)"""
+    """the chart's config keys, flags and forthcoming features match keyless (src/config.rs)"""
     with helm.Chart.load(CHART) as chart:
         schema_keys = set(chart.schema["properties"]["config"]["properties"])
         value_keys = set(chart.values["config"])
     known = keyless_config_keys()
+    keyless_flag_set = keyless_flags()
     check("every values.yaml config key is a keyless config key", value_keys <= known, f"unknown: {sorted(value_keys - known)}")
     check("values.schema.json config keys equal values.yaml's", schema_keys == value_keys, f"{sorted(schema_keys ^ value_keys)}")
-    check("every keyless config key but listen is in values.yaml", known - value_keys == {"listen"}, f"missing: {sorted(known - value_keys - {'listen'})}")
-    flags = keyless_flags() | FORTHCOMING_FLAGS
+    check(
+        "every keyless config key is in values.yaml's config, or one the chart sets from a dedicated value",
+        known - value_keys == set(CHART_SET_KEYS),
+        f"missing: {sorted(known - value_keys - set(CHART_SET_KEYS))}; chart-set keys keyless lacks or config repeats: {sorted(set(CHART_SET_KEYS) - (known - value_keys))}",
+    )
+    values_text = (CHART / "values.yaml").read_text()
     with tempfile.TemporaryDirectory() as tmp:
-        sidecar_args = container(one(render(app_chart(Path(tmp)), {"keyless": {"shutdownGrace": "20s"}}), "Deployment")["spec"]["template"]["spec"], "keyless", init=True)["args"]
+        sidecar_pod = one(render(app_chart(Path(tmp)), {"keyless": {"shutdownGrace": "20s", "caBundle": {"secret": "corp-ca", "key": "bundle.pem"}}}), "Deployment")["spec"]["template"]["spec"]
+    sidecar_args = container(sidecar_pod, "keyless", init=True)["args"]
     gateway_args = container(one(render(CHART, GATEWAY_WI_ON), "Deployment")["spec"]["template"]["spec"], "keyless")["args"]
+    for key, (flag, source) in CHART_SET_KEYS.items():
+        check(f"chart-set key {key}: keyless has its flag {flag}", flag in keyless_flag_set, f"flags: {sorted(keyless_flag_set)}")
+        check(f"chart-set key {key}: values.yaml says it comes from {source}", re.search(rf"^#\s+{key}\s+\S", values_text, re.M) is not None)
+        for label, args in [("gateway", gateway_args), ("sidecar", sidecar_args)]:
+            check(f"chart-set key {key}: the {label} passes {flag}", arg_value(args, flag) is not None, str(args))
+        if key != "listen":
+            expect_render_error(deep_merge(GATEWAY_WI_OFF, {"config": {key: "x"}}), key, f"config.{key} rejected by values.schema.json (set through {source})")
+    check("sidecar passes the shutdown grace it is given", arg_value(sidecar_args, "--shutdown-grace") == "20s", str(sidecar_args))
+    sidecar_volume = {v["name"]: v for v in sidecar_pod.get("volumes", [])}.get("keyless-ca", {})
+    check("sidecar: the CA bundle Secret comes with keyless.sidecar.volumes and --ca-file points into it", sidecar_volume.get("secret") == {"secretName": "corp-ca", "items": [{"key": "bundle.pem", "path": "bundle.pem"}]} and arg_value(sidecar_args, "--ca-file") == "/etc/keyless/ca/bundle.pem", f"{sidecar_volume} {sidecar_args}")
+    expect_render_error(deep_merge(GATEWAY_WI_OFF, {"caBundle": {"configMap": "a", "secret": "b"}}), "caBundle: set configMap or secret, not both", "caBundle with both a ConfigMap and a Secret is an error")
     for label, args in [("gateway", gateway_args), ("sidecar", sidecar_args)]:
         used = {a.split("=", 1)[0] for a in args if a.startswith("--")}
-        check(f"every flag the {label} passes exists in keyless (or is a forthcoming one)", used <= flags, f"unknown: {sorted(used - flags)}")
-    arrived = FORTHCOMING_FLAGS & keyless_flags()
-    check("forthcoming flags still forthcoming (else drop them from FORTHCOMING_FLAGS and the chart's notes)", not arrived, f"now in keyless: {sorted(arrived)}")
+        check(f"every flag the {label} passes exists in keyless", used <= keyless_flag_set, f"unknown: {sorted(used - keyless_flag_set)}")
+    source = "\n".join(path.read_text() for path in sorted(SRC.rglob("*.rs")))
+    arrived = {name for name in FORTHCOMING_ENV if name in source}
+    check("app keys still forthcoming (else drop FORTHCOMING_ENV and the chart's notes)", not arrived, f"now read by keyless: {sorted(arrived)}")
+
+
+@case
+def gateway_admin_probes_and_metrics() -> None:
+    """gateway: probes on the admin port, scrape annotations, ServiceMonitor, admin off"""
+    values = deep_merge(
+        GATEWAY_WI_OFF,
+        {
+            "probes": {"port": "admin"},
+            "admin": {"scrapeAnnotations": True, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}, "scrapeTimeout": "10s"}},
+            "networkPolicy": {"enabled": True},
+        },
+    )
+    objects = render(CHART, values)
+    # The ServiceMonitor is a Prometheus Operator CRD, which the Kubernetes schemas do not
+    # know: its fields are checked below instead. Every other object is validated strictly.
+    monitors = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    validate([o for o in objects if o["kind"] != "ServiceMonitor"], [min_kube_version(CHART), latest_version()], "gateway, admin probes and metrics")
+    pod = one(objects, "Deployment")["spec"]["template"]
+    keyless = container(pod["spec"], "keyless")
+    check("probes.port admin: every probe on the admin port", {keyless[k]["httpGet"]["port"] for k in ("startupProbe", "livenessProbe", "readinessProbe")} == {"admin"}, str(keyless))
+    annotations = pod["metadata"].get("annotations", {})
+    check("scrape annotations name the admin port and /metrics", annotations.get("prometheus.io/scrape") == "true" and annotations.get("prometheus.io/port") == str(ADMIN_PORT) and annotations.get("prometheus.io/path") == "/metrics", str(annotations))
+    check("one ServiceMonitor", len(monitors) == 1, str([o["kind"] for o in objects]))
+    if monitors:
+        monitor = monitors[0]
+        service = one(objects, "Service")
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        check("ServiceMonitor is monitoring.coreos.com/v1", monitor["apiVersion"] == "monitoring.coreos.com/v1")
+        check("ServiceMonitor selects the Service", selector.items() <= service["metadata"]["labels"].items() and selector == service["spec"]["selector"], str(selector))
+        check("ServiceMonitor scrapes the admin port's /metrics", monitor["spec"]["endpoints"] == [{"port": "admin", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}], str(monitor["spec"]["endpoints"]))
+        check("ServiceMonitor carries the labels Prometheus selects by", monitor["metadata"]["labels"].get("release") == "prom", str(monitor["metadata"]["labels"]))
+    policy = one(objects, "NetworkPolicy")
+    check("no metricsFrom: the NetworkPolicy admits nobody to the admin port", [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == ["http"], str(policy["spec"]["ingress"]))
+    text = notes(CHART, values)
+    check("NOTES warn that the NetworkPolicy keeps Prometheus out", "networkPolicy.metricsFrom" in text, text)
+
+    off = render(CHART, deep_merge(GATEWAY_WI_OFF, {"admin": {"enabled": False}}))
+    keyless_off = container(one(off, "Deployment")["spec"]["template"]["spec"], "keyless")
+    check("admin off: no admin port, no --admin-listen", [p["name"] for p in keyless_off["ports"]] == ["http"] and arg_value(keyless_off["args"], "--admin-listen") is None, str(keyless_off["args"]))
+    check("admin off: the Service has no admin port", [p["name"] for p in one(off, "Service")["spec"]["ports"]] == ["http"])
+    expect_render_error(deep_merge(GATEWAY_WI_OFF, {"admin": {"enabled": False}, "probes": {"port": "admin"}}), "probes.port admin needs admin.enabled", "probes on a disabled admin port are an error")
+    expect_render_error(deep_merge(GATEWAY_WI_OFF, {"admin": {"enabled": False, "serviceMonitor": {"enabled": True}}}), "admin.serviceMonitor.enabled needs admin.enabled", "a ServiceMonitor without the admin port is an error")
+    expect_render_error(deep_merge(GATEWAY_WI_OFF, {"probes": {"port": 8788}}), "port", "probes.port other than http or admin rejected by values.schema.json")
+
+
+@case
+def shutdown_grace_and_termination() -> None:
+    """terminationGracePeriodSeconds covers the preStop sleep and the shutdown grace"""
+
+    def termination(values: dict[str, Any]) -> tuple[int, str | None]:
+        pod = one(render(CHART, deep_merge(GATEWAY_WI_OFF, values)), "Deployment")["spec"]["template"]["spec"]
+        return pod["terminationGracePeriodSeconds"], arg_value(container(pod, "keyless")["args"], "--shutdown-grace")
+
+    for grace, seconds in [("45s", 45), ("2m", 120), ("1h", 3600), ("1m30s", 90), ("0s", 0)]:
+        period, flag = termination({"shutdownGrace": grace})
+        check(f"shutdownGrace {grace}: --shutdown-grace={grace}, terminationGracePeriodSeconds 5 + {seconds} + 5", flag == grace and period == seconds + 10, f"{flag}, {period}")
+    period, _ = termination({"shutdownGrace": "30s", "preStopSleepSeconds": 0})
+    check("no preStop sleep: terminationGracePeriodSeconds = grace + 5", period == 35, str(period))
+    period, _ = termination({"terminationGracePeriodSeconds": 36})
+    check("an explicit terminationGracePeriodSeconds above sleep + grace is kept", period == 36, str(period))
+    expect_render_error(deep_merge(GATEWAY_WI_OFF, {"terminationGracePeriodSeconds": 35}), "terminationGracePeriodSeconds (35) must exceed", "terminationGracePeriodSeconds equal to sleep + grace is an error")
+    expect_render_error(deep_merge(GATEWAY_WI_OFF, {"shutdownGrace": "2m", "terminationGracePeriodSeconds": 60}), "terminationGracePeriodSeconds (60) must exceed", "terminationGracePeriodSeconds below sleep + grace is an error")
+    for bad in ["30", "500ms", "1 m", "", "30S"]:
+        expect_render_error(deep_merge(GATEWAY_WI_OFF, {"shutdownGrace": bad}), "shutdownGrace", f"shutdownGrace {bad!r} rejected")
 
 
 @case
@@ -420,9 +524,13 @@ def sidecar_through_app_chart() -> None:
         versions = [min_kube_version(chart_dir), latest_version()]
         with_wi = render(chart_dir, {}, release="demo-app")
         without_wi = render(chart_dir, {"keyless": {"workloadIdentity": {"enabled": False}, "config": {"credential": "managed-identity"}}}, release="demo-app")
-        probed = render(chart_dir, {"keyless": {"sidecar": {"listenAddress": "0.0.0.0", "probes": {"enabled": True}}}}, release="demo-app")
+        open_proxy = render(chart_dir, {"keyless": {"admin": {"enabled": False}, "sidecar": {"listenAddress": "0.0.0.0"}}}, release="demo-app")
+        unprobed = render(chart_dir, {"keyless": {"admin": {"enabled": False}, "sidecar": {"probes": {"enabled": False}}}}, release="demo-app")
+        no_readiness = render(chart_dir, {"keyless": {"sidecar": {"probes": {"readiness": None}}}}, release="demo-app")
+        expect_render_error({"keyless": {"admin": {"enabled": False}}}, "sidecar.probes.enabled needs admin.enabled", "sidecar: probes on a loopback-only keyless are an error", chart_dir)
+        expect_render_error({"keyless": {"sidecar": {"probes": {"port": 8788}}}}, "port", "sidecar: the removed sidecar.probes.port rejected by values.schema.json", chart_dir)
     check("the app chart declares Kubernetes 1.29+ (native sidecars)", min_kube_version(EXAMPLES / "app-chart") >= "1.29")
-    for label, objects in [("sidecar, WI on", with_wi), ("sidecar, WI off", without_wi), ("sidecar, probes on", probed)]:
+    for label, objects in [("sidecar, WI on", with_wi), ("sidecar, WI off", without_wi), ("sidecar, admin off, proxy on 0.0.0.0", open_proxy), ("sidecar, no probes", unprobed), ("sidecar, no readiness probe", no_readiness)]:
         validate(objects, versions, label)
         own = [o["kind"] for o in objects if "/charts/keyless/" in o["_source"]]
         check(f"{label}: keyless renders only its ConfigMap in sidecar mode", own == ["ConfigMap"], str(own))
@@ -442,7 +550,16 @@ def sidecar_through_app_chart() -> None:
     toml = tomllib.loads(configmap["data"]["config.toml"])
     check("sidecar config: endpoint and model mapping", toml.get("endpoint") == ENDPOINT and toml.get("models") == {"gpt-4o-mini": "prod-4o-mini"}, str(toml))
     check("sidecar config: credential defaults to workload-identity", toml.get("credential") == "workload-identity", str(toml))
-    check("sidecar has no probes on a loopback listener", not any(k in sidecar for k in ("startupProbe", "livenessProbe", "readinessProbe")))
+    check(f"sidecar admin listener on 0.0.0.0:{ADMIN_PORT} by default", arg_value(sidecar["args"], "--admin-listen") == f"0.0.0.0:{ADMIN_PORT}", str(sidecar["args"]))
+    check("sidecar passes the 30s shutdown grace", arg_value(sidecar["args"], "--shutdown-grace") == "30s", str(sidecar["args"]))
+    check("sidecar declares its admin port as keyless-admin", sidecar.get("ports") == [{"name": "keyless-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}], str(sidecar.get("ports")))
+    probes = {k: sidecar.get(k, {}).get("httpGet", {}) for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+    check("sidecar probes all go to the admin port", {h.get("port") for h in probes.values()} == {ADMIN_PORT}, str(probes))
+    check("sidecar startup probe on /readyz: the app's containers start once keyless is ready", probes["startupProbe"].get("path") == "/readyz", str(probes))
+    check("sidecar readiness on /readyz, liveness on /healthz", probes["readinessProbe"].get("path") == "/readyz" and probes["livenessProbe"].get("path") == "/healthz", str(probes))
+    startup = sidecar["startupProbe"]
+    check("sidecar startup probe waits at least a minute for the first token", startup["periodSeconds"] * startup["failureThreshold"] >= 60, str(startup))
+    check("the admin port helper names the sidecar's admin port", "keyless.sidecar.adminPort" in (CHART / "templates" / "_helpers.tpl").read_text())
     sc = sidecar["securityContext"]
     check("sidecar securityContext: non-root, read-only root, no capabilities", sc.get("runAsNonRoot") is True and sc.get("readOnlyRootFilesystem") is True and sc.get("capabilities", {}).get("drop") == ["ALL"], str(sc))
     check("sidecar image tag is the chart's appVersion", sidecar["image"] == "ghcr.io/keyless/keyless:" + yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"], sidecar["image"])
@@ -461,9 +578,13 @@ def sidecar_through_app_chart() -> None:
     check("WI off: the chosen credential is configured", toml_off.get("credential") == "managed-identity", str(toml_off))
     check("WI off: still a native sidecar", sidecar_off.get("restartPolicy") == "Always")
 
-    sidecar_probed = container(one(probed, "Deployment")["spec"]["template"]["spec"], "keyless", init=True)
-    check("probes on: startup probe on /healthz gates the app's start", sidecar_probed.get("startupProbe", {}).get("httpGet", {}).get("path") == "/healthz", str(sidecar_probed))
-    check("probes on: readiness on /readyz", sidecar_probed.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz")
+    open_sidecar = container(one(open_proxy, "Deployment")["spec"]["template"]["spec"], "keyless", init=True)
+    check("admin off, proxy on 0.0.0.0: probes go to the proxy port", {open_sidecar.get(k, {}).get("httpGet", {}).get("port") for k in ("startupProbe", "livenessProbe", "readinessProbe")} == {8787}, str(open_sidecar))
+    check("admin off: no --admin-listen, no ports", arg_value(open_sidecar["args"], "--admin-listen") is None and "ports" not in open_sidecar, str(open_sidecar))
+    plain_sidecar = container(one(unprobed, "Deployment")["spec"]["template"]["spec"], "keyless", init=True)
+    check("admin and probes off: no probes, no admin listener", not any(k in plain_sidecar for k in ("startupProbe", "livenessProbe", "readinessProbe")) and arg_value(plain_sidecar["args"], "--admin-listen") is None, str(plain_sidecar))
+    lean = container(one(no_readiness, "Deployment")["spec"]["template"]["spec"], "keyless", init=True)
+    check("readiness: null leaves only the readiness probe out", "readinessProbe" not in lean and "startupProbe" in lean and "livenessProbe" in lean, str(lean))
 
 
 @case
@@ -490,7 +611,7 @@ def plain_sidecar_manifest() -> None:
         rendered_objects = render(app_chart(Path(tmp)), {}, release="demo-app")
     rendered_pod = one(rendered_objects, "Deployment")["spec"]["template"]
     rendered = container(rendered_pod["spec"], "keyless", init=True)
-    for field in ["image", "restartPolicy", "securityContext", "resources", "env", "volumeMounts"]:
+    for field in ["image", "restartPolicy", "securityContext", "resources", "env", "ports", "startupProbe", "livenessProbe", "readinessProbe", "volumeMounts"]:
         check(f"plain manifest's keyless {field} matches the chart's", plain.get(field) == rendered.get(field), f"\n    plain:    {plain.get(field)}\n    rendered: {rendered.get(field)}")
     check("plain manifest's keyless args match the chart's", plain["args"] == rendered["args"], f"\n    plain:    {plain['args']}\n    rendered: {rendered['args']}")
     check("plain manifest's volumes match the chart's", pod["spec"].get("volumes") == rendered_pod["spec"].get("volumes"), f"\n    plain:    {pod['spec'].get('volumes')}\n    rendered: {rendered_pod['spec'].get('volumes')}")

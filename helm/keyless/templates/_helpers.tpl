@@ -276,6 +276,9 @@ args:
   - {{ printf "--admin-listen=0.0.0.0:%d" (int $v.admin.port) | quote }}
   {{- end }}
   - {{ printf "--shutdown-grace=%s" (toString $v.shutdownGrace) | quote }}
+  {{- if include "keyless.caBundle.enabled" $ctx }}
+  - {{ printf "--ca-file=/etc/keyless/ca/%s" $v.caBundle.key | quote }}
+  {{- end }}
   {{- range $v.extraArgs }}
   - {{ . | quote }}
   {{- end }}
@@ -330,6 +333,11 @@ volumeMounts:
     mountPath: /etc/keyless/config.toml
     subPath: config.toml
     readOnly: true
+  {{- if include "keyless.caBundle.enabled" $ctx }}
+  - name: keyless-ca
+    mountPath: /etc/keyless/ca
+    readOnly: true
+  {{- end }}
   {{- if and (not $sidecar) $v.appKeys.existingSecret }}
   - name: keyless-app-keys
     mountPath: /etc/keyless/app-keys
@@ -341,13 +349,35 @@ securityContext:
   {{- toYaml $v.securityContext | nindent 2 }}
 {{- end }}
 
+{{/* "true" when caBundle names a ConfigMap or a Secret (not both). */}}
+{{- define "keyless.caBundle.enabled" -}}
+{{- if and .Values.caBundle.configMap .Values.caBundle.secret }}
+{{- fail "caBundle: set configMap or secret, not both" }}
+{{- end }}
+{{- if or .Values.caBundle.configMap .Values.caBundle.secret }}true{{ end }}
+{{- end }}
+
 {{/*
-The pod volume that holds config.toml (from the release's ConfigMap).
+The pod volumes keyless needs: config.toml (from the release's ConfigMap) and, with
+caBundle, the CA certificates.
 */}}
 {{- define "keyless.configVolume" -}}
 - name: keyless-config
   configMap:
     name: {{ include "keyless.configMapName" . }}
+{{- if include "keyless.caBundle.enabled" . }}
+- name: keyless-ca
+  {{- if .Values.caBundle.configMap }}
+  configMap:
+    name: {{ .Values.caBundle.configMap }}
+  {{- else }}
+  secret:
+    secretName: {{ .Values.caBundle.secret }}
+  {{- end }}
+    items:
+      - key: {{ .Values.caBundle.key }}
+        path: {{ .Values.caBundle.key }}
+{{- end }}
 {{- end }}
 
 {{/*
