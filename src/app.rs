@@ -12,6 +12,7 @@
 //!    retry (never once a byte went to the client), then hand the body to hyper as it
 //!    streams in, so SSE frames reach the client as Azure sends them.
 
+use crate::auth::TokenCache;
 use crate::backend::{self, Backend, Pick, Router};
 use crate::body::{Body, End, UpstreamBody};
 use crate::config::{ApiStyle, Config};
@@ -38,6 +39,8 @@ pub struct App {
     config: Config,
     router: Router,
     client: Client,
+    /// Every scope's token cache, the default scope's first (readiness).
+    tokens: Vec<TokenCache>,
     telemetry: Arc<Telemetry>,
     draining: AtomicBool,
 }
@@ -132,12 +135,19 @@ struct Outcome {
 }
 
 impl App {
-    /// Builds the handler state.
-    pub fn new(config: Config, router: Router, client: Client, telemetry: Arc<Telemetry>) -> App {
+    /// Builds the handler state. `tokens` lists every scope's cache, the default first.
+    pub fn new(
+        config: Config,
+        router: Router,
+        client: Client,
+        tokens: Vec<TokenCache>,
+        telemetry: Arc<Telemetry>,
+    ) -> App {
         App {
             config,
             router,
             client,
+            tokens,
             telemetry,
             draining: AtomicBool::new(false),
         }
@@ -544,16 +554,19 @@ impl App {
             match sent {
                 Ok(Ok(response)) => {
                     let status = response.status();
-                    if status == StatusCode::UNAUTHORIZED && !reauthorised && prepared.replayable()
-                    {
+                    if status == StatusCode::UNAUTHORIZED && !reauthorised {
                         // Azure refused a token the cache thought valid (revoked, or a role
-                        // just granted): fetch a new one once and replay, outside the
-                        // retry budget.
+                        // just granted): fetch a new one, and replay once (outside the retry
+                        // budget) when the body allows it. A streamed upload gets the 401,
+                        // but the next request still gets the new token.
                         reauthorised = true;
-                        self.count_retry(backend, "unauthorized");
-                        deployment.upstream.tokens.invalidate(&authorization);
-                        tracing::info!(backend = %backend.name, "Azure refused the token: acquiring a new one");
-                        continue;
+                        let replay = deployment.upstream.tokens.invalidate(&authorization)
+                            && prepared.replayable();
+                        if replay {
+                            self.count_retry(backend, "unauthorized");
+                            tracing::info!(backend = %backend.name, "Azure refused the token: replaying with a new one");
+                            continue;
+                        }
                     }
                     if !retry::is_retryable(status) {
                         outcome.permit = permit;
@@ -689,6 +702,7 @@ impl App {
             .inc();
     }
 
+    /// 200 once every scope in use holds a valid token; 503 with the reasons otherwise.
     fn readiness(&self) -> Response<Body> {
         if self.draining.load(Ordering::Relaxed) {
             return json(
@@ -696,25 +710,42 @@ impl App {
                 r#"{"status":"shutting down"}"#.into(),
             );
         }
-        let tokens = &self.router.default_upstream().tokens;
-        if tokens.is_ready() {
+        let mut scopes = Vec::with_capacity(self.tokens.len());
+        let mut ready = true;
+        for tokens in &self.tokens {
             let expires_in = tokens
                 .expires_at()
                 .and_then(|at| at.duration_since(SystemTime::now()).ok())
                 .map_or(0, |d| d.as_secs());
-            let body = serde_json::json!({
-                "status": "ready",
-                "credential": tokens.source_name(),
-                "token_expires_in_secs": expires_in,
-            });
-            return json(StatusCode::OK, body.to_string().into());
+            if tokens.is_ready() {
+                scopes.push(serde_json::json!({
+                    "scope": tokens.scope(),
+                    "credential": tokens.source_name(),
+                    "token_expires_in_secs": expires_in,
+                }));
+                continue;
+            }
+            ready = false;
+            let reason = match tokens.state() {
+                crate::auth::TokenState::Failed(e) => e.to_string(),
+                _ if tokens.expires_at().is_some() => "the token expired; refreshing".to_owned(),
+                _ => "acquiring the first token".to_owned(),
+            };
+            scopes.push(serde_json::json!({ "scope": tokens.scope(), "reason": reason }));
         }
-        let reason = match tokens.state() {
-            crate::auth::TokenState::Failed(e) => e.to_string(),
-            _ => "acquiring the first token".to_owned(),
+        let (status, text) = if ready {
+            (StatusCode::OK, "ready")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready")
         };
-        let body = serde_json::json!({ "status": "not ready", "reason": reason });
-        json(StatusCode::SERVICE_UNAVAILABLE, body.to_string().into())
+        // The first scope's fields at the top level, for people reading it with curl.
+        let mut body = scopes
+            .first()
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}));
+        body["status"] = text.into();
+        body["scopes"] = scopes.into();
+        json(status, body.to_string().into())
     }
 }
 

@@ -143,9 +143,17 @@ pub async fn run_with_identity(
     .map_err(StartError::Invalid)?;
     let client = upstream::client(config.timeouts.connect, config.ca_file.as_deref())
         .map_err(StartError::Invalid)?;
-    let telemetry = Arc::new(telemetry::Telemetry::new(caches.into_values().collect()));
+    // The default scope's cache first: readiness reports it at the top level.
+    let default_tokens = default.tokens.clone();
+    let mut tokens: Vec<TokenCache> = vec![default_tokens.clone()];
+    tokens.extend(
+        caches
+            .into_values()
+            .filter(|c| c.scope() != default_tokens.scope()),
+    );
+    let telemetry = Arc::new(telemetry::Telemetry::new(tokens.clone()));
     let grace = config.shutdown_grace;
-    let app = Arc::new(app::App::new(config, router, client, telemetry));
+    let app = Arc::new(app::App::new(config, router, client, tokens, telemetry));
     let admin = listeners.admin.map(|admin| {
         tasks.spawn(server::serve(
             admin,

@@ -49,6 +49,8 @@ struct Inner {
     wake: Notify,
     acquired: AtomicU64,
     failed: AtomicU64,
+    /// When a 401 last forced a refresh (off the hot path: only rejected requests lock it).
+    last_invalidation: std::sync::Mutex<Option<Instant>>,
 }
 
 /// A shared, background-refreshed Entra token for one scope. Cheap to clone.
@@ -65,6 +67,9 @@ impl std::fmt::Debug for TokenCache {
             .finish_non_exhaustive()
     }
 }
+
+/// Shortest time between two refreshes forced by Azure rejecting the held token.
+pub const INVALIDATE_COOLDOWN: Duration = Duration::from_secs(30);
 
 /// Shortest and longest wait between failed acquisitions.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -90,6 +95,7 @@ impl TokenCache {
             wake: Notify::new(),
             acquired: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            last_invalidation: std::sync::Mutex::new(None),
         });
         tasks.spawn(refresh_loop(inner.clone(), shutdown));
         TokenCache { inner }
@@ -161,19 +167,36 @@ impl TokenCache {
     }
 
     /// Drops the held token if it is `rejected` (Azure answered 401 to it) and asks the
-    /// refresher for a new one now. A token already replaced is left alone, so that many
-    /// requests rejected together cause one acquisition.
-    pub fn invalidate(&self, rejected: &HeaderValue) {
+    /// refresher for a new one now. Returns whether a request should be replayed with the
+    /// token the cache will hand out next.
+    ///
+    /// A token already replaced is left alone (many requests rejected together cause one
+    /// acquisition), and so is one rejected again within [`INVALIDATE_COOLDOWN`] of the
+    /// last forced refresh: a token Azure always refuses (wrong tenant or audience) must
+    /// not make keyless ask Entra once per request.
+    pub fn invalidate(&self, rejected: &HeaderValue) -> bool {
         let current = self.inner.current.load();
-        if let Some(held) = current.as_deref()
-            && held.authorization == rejected
-        {
-            self.inner
-                .current
-                .compare_and_swap(&current, None::<Arc<Held>>);
-            self.inner.state.send_replace(TokenState::Acquiring);
-            self.inner.wake.notify_one();
+        let Some(held) = current.as_deref() else {
+            return true; // already being replaced
+        };
+        if held.authorization != rejected {
+            return true; // already replaced
         }
+        {
+            let Ok(mut last) = self.inner.last_invalidation.lock() else {
+                return false;
+            };
+            if last.is_some_and(|at| at.elapsed() < INVALIDATE_COOLDOWN) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        self.inner
+            .current
+            .compare_and_swap(&current, None::<Arc<Held>>);
+        self.inner.state.send_replace(TokenState::Acquiring);
+        self.inner.wake.notify_one();
+        true
     }
 }
 
@@ -376,12 +399,21 @@ mod tests {
         });
         let cache = start(source.clone());
         let first = cache.authorization().await.unwrap();
-        cache.invalidate(&first);
-        cache.invalidate(&first); // a second rejection of the same token: no second fetch
+        assert!(cache.invalidate(&first));
+        assert!(
+            cache.invalidate(&first),
+            "already being replaced: replay with the next"
+        );
         let second = cache.authorization().await.unwrap();
         assert_eq!(second, "Bearer token-1");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+        // Azure refuses the new token too, at once: no third acquisition within the
+        // cool-down, and no replay.
+        assert!(!cache.invalidate(&second));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.authorization().await.unwrap(), "Bearer token-1");
     }
 
     #[test]
