@@ -81,6 +81,10 @@ struct Prepared {
     model: Option<ModelAt>,
     /// Azure's pre-call token estimate, for the tokens-per-minute limit.
     tokens: u32,
+    /// Whether the body may be sent more than once: held, and within the replay cap.
+    replay: bool,
+    /// Whether it was sent once already.
+    sent: bool,
 }
 
 impl Prepared {
@@ -89,15 +93,34 @@ impl Prepared {
             payload: Payload::Once(Some(body)),
             model: None,
             tokens: 0,
+            replay: false,
+            sent: false,
+        }
+    }
+
+    /// A body keyless holds; replayed only within `cap` bytes, so that a huge upload is
+    /// not sent to Azure three times.
+    fn held(bytes: Bytes, model: Option<ModelAt>, tokens: u32, cap: usize) -> Prepared {
+        Prepared {
+            replay: bytes.len() <= cap,
+            payload: Payload::Held(bytes),
+            model,
+            tokens,
+            sent: false,
         }
     }
 
     fn replayable(&self) -> bool {
-        matches!(self.payload, Payload::Held(_))
+        self.replay
     }
 
-    /// The body for an attempt on `deployment`, and its new length if keyless rewrote it.
+    /// The body for an attempt on `deployment`, and its new length if keyless rewrote it;
+    /// `None` when it cannot be sent again.
     fn body_for(&mut self, deployment: Option<&str>) -> Option<(Body, Option<usize>)> {
+        if self.sent && !self.replay {
+            return None;
+        }
+        self.sent = true;
         match &mut self.payload {
             Payload::Once(body) => body.take().map(|b| (Body::Stream(b), None)),
             Payload::Held(bytes) => match (&self.model, deployment) {
@@ -279,14 +302,33 @@ impl App {
                 path: parts.uri.path().to_owned(),
             }),
             Inbound::Azure(path) => {
-                // Azure-style clients already name the deployment: same path and query,
-                // on the default endpoint.
-                let prepared = self.hold_if_small(&parts.headers, body).await?;
+                // Azure-style clients already name the deployment: same path and query, on
+                // the default endpoint. The deployment (from the path, or the body's model
+                // on the v1 API) picks the limits and cool-down that apply; nothing is
+                // rewritten.
+                let (prepared, backends) = if let Some(d) = azure_deployment(path) {
+                    let prepared = self.hold_if_small(&parts.headers, body).await?;
+                    (prepared, self.router.on_default(&d))
+                } else if let Some(op) =
+                    path.strip_prefix("/openai/v1/").filter(|op| !op.is_empty())
+                {
+                    let prepared = self
+                        .prepare(Op { path: op }, &parts.method, &parts.headers, body)
+                        .await?;
+                    let backends = match &prepared.model {
+                        Some(model) => self.router.on_default(&model.name),
+                        None => self.router.passthrough(),
+                    };
+                    (prepared, backends)
+                } else {
+                    let prepared = self.hold_if_small(&parts.headers, body).await?;
+                    (prepared, self.router.passthrough())
+                };
                 let plan = Plan {
                     op: None,
                     path: Some(path),
                     query: parts.uri.query(),
-                    backends: self.router.passthrough(),
+                    backends,
                 };
                 self.proxy(&parts, plan, prepared, outcome).await
             }
@@ -351,11 +393,12 @@ impl App {
                 .read_bounded(headers, body, self.config.max_body_bytes)
                 .await?;
             if bytes.is_empty() {
-                return Ok(Prepared {
-                    payload: Payload::Held(bytes),
-                    model: None,
-                    tokens: 0,
-                });
+                return Ok(Prepared::held(
+                    bytes,
+                    None,
+                    0,
+                    self.config.retry.max_replay_bytes,
+                ));
             }
             let fields = model::read_json(&bytes).map_err(|e| Error::InvalidJson(e.to_string()))?;
             let tokens = limit::estimate_tokens(bytes.len(), fields.max_tokens);
@@ -364,11 +407,12 @@ impl App {
                 span: m.span,
                 kind: Splice::Json,
             });
-            return Ok(Prepared {
-                payload: Payload::Held(bytes),
+            return Ok(Prepared::held(
+                bytes,
                 model,
                 tokens,
-            });
+                self.config.retry.max_replay_bytes,
+            ));
         }
         if mime.eq_ignore_ascii_case("multipart/form-data") && op.has_multipart_model() {
             let boundary = multer::parse_boundary(content_type)
@@ -384,11 +428,12 @@ impl App {
                     span: m.span,
                     kind: Splice::Form,
                 });
-            return Ok(Prepared {
-                payload: Payload::Held(bytes),
+            return Ok(Prepared::held(
+                bytes,
                 model,
-                tokens: 0,
-            });
+                0,
+                self.config.retry.max_replay_bytes,
+            ));
         }
         self.hold_if_small(headers, body).await
     }
@@ -398,21 +443,13 @@ impl App {
     async fn hold_if_small(&self, headers: &HeaderMap, body: Incoming) -> Result<Prepared, Error> {
         use http_body::Body as _;
         if body.is_end_stream() {
-            return Ok(Prepared {
-                payload: Payload::Held(Bytes::new()),
-                model: None,
-                tokens: 0,
-            });
+            return Ok(Prepared::held(Bytes::new(), None, 0, 0));
         }
         let cap = self.config.retry.max_replay_bytes;
         match declared_length(headers) {
             Some(len) if len <= cap as u64 && self.config.retry.attempts > 1 => {
                 let bytes = self.read_bounded(headers, body, cap).await?;
-                Ok(Prepared {
-                    payload: Payload::Held(bytes),
-                    model: None,
-                    tokens: 0,
-                })
+                Ok(Prepared::held(bytes, None, 0, cap))
             }
             _ => Ok(Prepared::once(body)),
         }
@@ -456,10 +493,21 @@ impl App {
         let mut last: Option<(Response<Incoming>, Arc<str>)> = None;
         let mut last_error: Option<Error> = None;
         let mut reauthorised = false;
-        let mut failures = 0u32;
+        let mut failed = 0u64; // backends that failed this request: others are tried first
 
         loop {
-            let choice = backend::pick(&plan.backends, excluded, Instant::now(), &mut rand::rng());
+            let choice = {
+                // The thread-local generator must not live across an await.
+                let mut rng = rand::rng();
+                match backend::pick(&plan.backends, excluded | failed, Instant::now(), &mut rng) {
+                    Pick::Use(i) => Pick::Use(i),
+                    // Nothing else is free: a backend that failed may be tried again.
+                    _ if failed != 0 => {
+                        backend::pick(&plan.backends, excluded, Instant::now(), &mut rng)
+                    }
+                    other => other,
+                }
+            };
             let index = match choice {
                 Pick::Use(i) => i,
                 Pick::Wait(wait) => {
@@ -569,19 +617,14 @@ impl App {
                         }
                     }
                     if !retry::is_retryable(status) {
+                        deployment.record_success();
                         outcome.permit = permit;
                         return Ok(self.respond(response));
                     }
+                    failed |= 1 << index;
                     let asked = retry::azure_wait(response.headers(), SystemTime::now());
-                    let wait = asked.unwrap_or_else(|| {
-                        retry::backoff(
-                            failures,
-                            policy.backoff_base,
-                            policy.backoff_cap,
-                            &mut rand::rng(),
-                        )
-                    });
-                    failures += 1;
+                    let wait = asked.unwrap_or_else(|| self.backoff(deployment));
+                    deployment.record_failure();
                     deployment.cool_down(wait);
                     let too_long = asked.is_some_and(|w| w > policy.max_wait)
                         && !has_other(&plan.backends, index, excluded);
@@ -600,13 +643,9 @@ impl App {
                 Ok(Err(e)) => {
                     let message = error_chain(&e);
                     tracing::info!(backend = %backend.name, error = %message, attempt = outcome.attempts, "Azure unreachable");
-                    deployment.cool_down(retry::backoff(
-                        failures,
-                        policy.backoff_base,
-                        policy.backoff_cap,
-                        &mut rand::rng(),
-                    ));
-                    failures += 1;
+                    failed |= 1 << index;
+                    deployment.cool_down(self.backoff(deployment));
+                    deployment.record_failure();
                     if !can_retry {
                         return Err(Error::UpstreamUnreachable(message));
                     }
@@ -616,13 +655,9 @@ impl App {
                 }
                 Err(_) => {
                     tracing::info!(backend = %backend.name, ?timeout, attempt = outcome.attempts, "no response head in time");
-                    deployment.cool_down(retry::backoff(
-                        failures,
-                        policy.backoff_base,
-                        policy.backoff_cap,
-                        &mut rand::rng(),
-                    ));
-                    failures += 1;
+                    failed |= 1 << index;
+                    deployment.cool_down(self.backoff(deployment));
+                    deployment.record_failure();
                     if !can_retry {
                         return Err(Error::UpstreamTimeout(timeout));
                     }
@@ -692,6 +727,18 @@ impl App {
         Response::from_parts(parts, Body::Upstream(Box::new(body)))
     }
 
+    /// The cool-down after a failure Azure named no wait for: exponential in the
+    /// deployment's consecutive failures (across requests), with full jitter.
+    fn backoff(&self, deployment: &backend::Deployment) -> std::time::Duration {
+        let policy = &self.config.retry;
+        retry::backoff(
+            deployment.consecutive_failures(),
+            policy.backoff_base,
+            policy.backoff_cap,
+            &mut rand::rng(),
+        )
+    }
+
     fn count_retry(&self, backend: &Backend, reason: &'static str) {
         self.telemetry
             .retries
@@ -750,6 +797,16 @@ impl App {
 }
 
 const X_REQUEST_ID: &str = "x-request-id";
+
+/// The deployment named by an Azure-style path `/openai/deployments/{d}/...`, decoded.
+fn azure_deployment(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/openai/deployments/")?;
+    let segment = rest.split('/').next().filter(|s| !s.is_empty())?;
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(|d| d.into_owned())
+}
 
 /// The request's id and whether the client sent it: the client's `x-request-id` when it
 /// is a sane one, else a new one, set on the request so that Azure sees it too.

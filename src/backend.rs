@@ -14,7 +14,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use url::Url;
 
@@ -79,6 +79,8 @@ pub struct Deployment {
     pub limiter: Option<Limiter>,
     /// Milliseconds after the router's epoch until which it is cooling down.
     cooling_until: AtomicU64,
+    /// Failures since the last success, across requests: the cool-down grows with them.
+    failures: AtomicU32,
     epoch: Instant,
 }
 
@@ -94,6 +96,7 @@ impl Deployment {
             limiter: limits.and_then(Limiter::new),
             name: name.map(Arc::from),
             cooling_until: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
             epoch,
         }
     }
@@ -104,6 +107,23 @@ impl Deployment {
             .duration_since(self.epoch)
             .as_millis() as u64;
         self.cooling_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Counts a failure (a retryable status, unreachable, no head in time).
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a success: the failure streak is over.
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Failures since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// How long it still cools down, if it does.

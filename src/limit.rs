@@ -79,16 +79,16 @@ impl<C: Clock + Clone> Limiter<C> {
         let permit = match &self.in_flight {
             Some((semaphore, _)) => match semaphore.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
-                Err(_) => {
-                    return Err(Rejected {
-                        limit: "concurrent requests",
-                        // A slot frees when a request ends: no better guess than a second.
-                        retry_after: Duration::from_secs(1),
-                    });
-                }
+                Err(_) => return Err(no_slot()),
             },
             None => None,
         };
+        self.check_quotas(tokens)?;
+        Ok(permit)
+    }
+
+    /// The rate quotas alone: requests per minute, then tokens per minute.
+    fn check_quotas(&self, tokens: u32) -> Result<(), Rejected> {
         if let Some(gcra) = &self.requests
             && let Err(not_until) = gcra.check()
         {
@@ -109,7 +109,7 @@ impl<C: Clock + Clone> Limiter<C> {
                 });
             }
         }
-        Ok(permit)
+        Ok(())
     }
 
     /// Admits a request according to `mode`: at once or not at all (`Reject`), or waiting
@@ -120,36 +120,42 @@ impl<C: Clock + Clone> Limiter<C> {
         mode: LimitMode,
         queue_timeout: Duration,
     ) -> Result<Permit, Rejected> {
+        if mode == LimitMode::Reject {
+            return self.try_admit(tokens);
+        }
         let deadline = Instant::now() + queue_timeout;
+        // Wait for a slot in the semaphore's own fair queue, and keep the one granted:
+        // handing it back to re-check would pass it to the next waiter, round and round.
+        let permit = match &self.in_flight {
+            Some((semaphore, _)) => {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(wait, semaphore.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => return Err(no_slot()),
+                }
+            }
+            None => None,
+        };
+        // Then the quotas, holding the slot.
         loop {
-            match self.try_admit(tokens) {
-                Ok(permit) => return Ok(permit),
-                Err(rejected) if mode == LimitMode::Reject => return Err(rejected),
+            match self.check_quotas(tokens) {
+                Ok(()) => return Ok(permit),
                 Err(rejected) => {
-                    let now = Instant::now();
-                    if let (Some((semaphore, _)), "concurrent requests") =
-                        (&self.in_flight, rejected.limit)
-                    {
-                        // Wait for a slot itself rather than polling; the quotas are
-                        // checked again on the next turn.
-                        let slot = tokio::time::timeout(
-                            deadline.saturating_duration_since(now),
-                            semaphore.clone().acquire_owned(),
-                        )
-                        .await;
-                        match slot {
-                            Ok(Ok(permit)) => drop(permit),
-                            _ => return Err(rejected),
-                        }
-                        continue;
-                    }
-                    if now + rejected.retry_after > deadline {
+                    if Instant::now() + rejected.retry_after > deadline {
                         return Err(rejected);
                     }
                     tokio::time::sleep(rejected.retry_after.max(Duration::from_millis(1))).await;
                 }
             }
         }
+    }
+}
+
+fn no_slot() -> Rejected {
+    Rejected {
+        limit: "concurrent requests",
+        // A slot frees when a request ends: no better guess than a second.
+        retry_after: Duration::from_secs(1),
     }
 }
 
@@ -238,6 +244,34 @@ mod tests {
         assert!(!waiter.is_finished(), "queued behind the held slot");
         drop(held);
         waiter.await.unwrap().unwrap();
+    }
+
+    /// Two waiters behind one held slot, on a single-threaded runtime: both must get
+    /// through once the slot frees (a slot handed back to re-check would circle between
+    /// the waiters forever).
+    #[tokio::test]
+    async fn queued_waiters_keep_the_slot_they_are_given() {
+        let l = Arc::new(Limiter::new(&limits(Some(600), None, Some(1))).unwrap());
+        let held = l.try_admit(1).unwrap();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    let permit = l.admit(1, LimitMode::Queue, Duration::from_secs(5)).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    permit.map(|_| ())
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("a queued waiter never got through")
+                .unwrap()
+                .unwrap();
+        }
     }
 
     #[tokio::test]
