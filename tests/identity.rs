@@ -16,17 +16,20 @@ use support::spawn_keyless;
 
 /// An App Service-style managed identity endpoint (`IDENTITY_ENDPOINT`): answers
 /// `GET ?api-version=2019-08-01&resource=...` carrying `x-identity-header`, after `delay`.
+/// The query and `x-identity-header` of each identity request.
+type IdentityRequests = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 struct FakeIdentity {
     url: String,
     calls: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: IdentityRequests,
 }
 
 async fn fake_identity(secret: &'static str, delay: Duration) -> FakeIdentity {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/msi/token", listener.local_addr().unwrap());
     let calls = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen: IdentityRequests = Arc::default();
     let (c, s) = (calls.clone(), seen.clone());
     tokio::spawn(async move {
         loop {
