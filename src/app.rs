@@ -5,7 +5,7 @@
 //! 1. classify the path (pure, no allocation) so unknown routes cost nothing upstream;
 //! 2. read the body only when the model must be found (JSON, or a multipart audio/image
 //!    upload), capped at `max_body_bytes`; a small body of known length is held for
-//!    replay; anything else streams through untouched and is sent once;
+//!    replay; anything else streams through untouched and is sent once (`prepare.rs`);
 //! 3. per attempt: pick a backend (priority, weight, cool-down), pass its limiter, build
 //!    the URI and body for its deployment, read its token (a lock-free load when held);
 //! 4. send, bounded by the response-head timeout; decide from the head alone whether to
@@ -18,7 +18,7 @@ use crate::body::{Body, End, UpstreamBody};
 use crate::config::{ApiStyle, Config};
 use crate::error::Error;
 use crate::limit;
-use crate::model;
+use crate::prepare::{self, Prepared};
 use crate::retry;
 use crate::rewrite;
 use crate::route::{self, Inbound, Op};
@@ -26,10 +26,8 @@ use crate::telemetry::{BackendLabels, LimitLabels, RequestLog, RetryLabels, Tele
 use crate::upstream::Client;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::convert::Infallible;
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
@@ -52,90 +50,6 @@ pub enum Listener {
     Main,
     /// `--admin-listen`: `/metrics`, `/healthz` and `/readyz` only.
     Admin,
-}
-
-/// A request body as keyless holds it between attempts.
-enum Payload {
-    /// Bytes keyless read (to find the model, or to be able to replay).
-    Held(Bytes),
-    /// A body streamed through; it can be sent once.
-    Once(Option<Incoming>),
-}
-
-/// Where the model sits in a held body, to be rewritten per backend.
-struct ModelAt {
-    name: String,
-    span: Range<usize>,
-    kind: Splice,
-}
-
-#[derive(Clone, Copy)]
-enum Splice {
-    Json,
-    Form,
-}
-
-/// What the body inspection found.
-struct Prepared {
-    payload: Payload,
-    model: Option<ModelAt>,
-    /// Azure's pre-call token estimate, for the tokens-per-minute limit.
-    tokens: u32,
-    /// Whether the body may be sent more than once: held, and within the replay cap.
-    replay: bool,
-    /// Whether it was sent once already.
-    sent: bool,
-}
-
-impl Prepared {
-    fn once(body: Incoming) -> Prepared {
-        Prepared {
-            payload: Payload::Once(Some(body)),
-            model: None,
-            tokens: 0,
-            replay: false,
-            sent: false,
-        }
-    }
-
-    /// A body keyless holds; replayed only within `cap` bytes, so that a huge upload is
-    /// not sent to Azure three times.
-    fn held(bytes: Bytes, model: Option<ModelAt>, tokens: u32, cap: usize) -> Prepared {
-        Prepared {
-            replay: bytes.len() <= cap,
-            payload: Payload::Held(bytes),
-            model,
-            tokens,
-            sent: false,
-        }
-    }
-
-    fn replayable(&self) -> bool {
-        self.replay
-    }
-
-    /// The body for an attempt on `deployment`, and its new length if keyless rewrote it;
-    /// `None` when it cannot be sent again.
-    fn body_for(&mut self, deployment: Option<&str>) -> Option<(Body, Option<usize>)> {
-        if self.sent && !self.replay {
-            return None;
-        }
-        self.sent = true;
-        match &mut self.payload {
-            Payload::Once(body) => body.take().map(|b| (Body::Stream(b), None)),
-            Payload::Held(bytes) => match (&self.model, deployment) {
-                (Some(at), Some(d)) if at.name != d => {
-                    let rewritten = match at.kind {
-                        Splice::Json => model::splice_json_string(bytes, at.span.clone(), d),
-                        Splice::Form => model::splice_form_field(bytes, at.span.clone(), d),
-                    };
-                    let len = rewritten.len();
-                    Some((Body::from(rewritten), Some(len)))
-                }
-                _ => Some((Body::from(bytes.clone()), None)),
-            },
-        }
-    }
 }
 
 /// Where an OpenAI-style request goes: its op (for the path) and its backends.
@@ -307,21 +221,28 @@ impl App {
                 // on the v1 API) picks the limits and cool-down that apply; nothing is
                 // rewritten.
                 let (prepared, backends) = if let Some(d) = azure_deployment(path) {
-                    let prepared = self.hold_if_small(&parts.headers, body).await?;
+                    let prepared =
+                        prepare::hold_if_small(&self.config, &parts.headers, body).await?;
                     (prepared, self.router.on_default(&d))
                 } else if let Some(op) =
                     path.strip_prefix("/openai/v1/").filter(|op| !op.is_empty())
                 {
-                    let prepared = self
-                        .prepare(Op { path: op }, &parts.method, &parts.headers, body)
-                        .await?;
+                    let prepared = prepare::prepare(
+                        &self.config,
+                        Op { path: op },
+                        &parts.method,
+                        &parts.headers,
+                        body,
+                    )
+                    .await?;
                     let backends = match &prepared.model {
                         Some(model) => self.router.on_default(&model.name),
                         None => self.router.passthrough(),
                     };
                     (prepared, backends)
                 } else {
-                    let prepared = self.hold_if_small(&parts.headers, body).await?;
+                    let prepared =
+                        prepare::hold_if_small(&self.config, &parts.headers, body).await?;
                     (prepared, self.router.passthrough())
                 };
                 let plan = Plan {
@@ -333,9 +254,8 @@ impl App {
                 self.proxy(&parts, plan, prepared, outcome).await
             }
             Inbound::OpenAi(op) => {
-                let prepared = self
-                    .prepare(op, &parts.method, &parts.headers, body)
-                    .await?;
+                let prepared =
+                    prepare::prepare(&self.config, op, &parts.method, &parts.headers, body).await?;
                 let backends =
                     self.backends_for(op, prepared.model.as_ref().map(|m| m.name.as_str()))?;
                 let plan = Plan {
@@ -366,113 +286,6 @@ impl App {
             };
         }
         Ok(self.router.passthrough())
-    }
-
-    /// Reads the model from the body when the request carries one.
-    async fn prepare(
-        &self,
-        op: Op<'_>,
-        method: &Method,
-        headers: &HeaderMap,
-        body: Incoming,
-    ) -> Result<Prepared, Error> {
-        if method == Method::GET || method == Method::HEAD || method == Method::DELETE {
-            return self.hold_if_small(headers, body).await;
-        }
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let mime = content_type.split(';').next().unwrap_or("").trim();
-        let is_json = mime.is_empty()
-            || mime.eq_ignore_ascii_case("application/json")
-            || mime.to_ascii_lowercase().ends_with("+json");
-
-        if is_json {
-            let bytes = self
-                .read_bounded(headers, body, self.config.max_body_bytes)
-                .await?;
-            if bytes.is_empty() {
-                return Ok(Prepared::held(
-                    bytes,
-                    None,
-                    0,
-                    self.config.retry.max_replay_bytes,
-                ));
-            }
-            let fields = model::read_json(&bytes).map_err(|e| Error::InvalidJson(e.to_string()))?;
-            let tokens = limit::estimate_tokens(bytes.len(), fields.max_tokens);
-            let model = fields.model.map(|m| ModelAt {
-                name: m.name.into_owned(),
-                span: m.span,
-                kind: Splice::Json,
-            });
-            return Ok(Prepared::held(
-                bytes,
-                model,
-                tokens,
-                self.config.retry.max_replay_bytes,
-            ));
-        }
-        if mime.eq_ignore_ascii_case("multipart/form-data") && op.has_multipart_model() {
-            let boundary = multer::parse_boundary(content_type)
-                .map_err(|e| Error::BadRequest(format!("invalid multipart content type: {e}")))?;
-            let bytes = self
-                .read_bounded(headers, body, self.config.max_body_bytes)
-                .await?;
-            let model = model::find_form_model(&bytes, &boundary)
-                .await
-                .map_err(|e| Error::BadRequest(format!("invalid multipart body: {e}")))?
-                .map(|m| ModelAt {
-                    name: m.name,
-                    span: m.span,
-                    kind: Splice::Form,
-                });
-            return Ok(Prepared::held(
-                bytes,
-                model,
-                0,
-                self.config.retry.max_replay_bytes,
-            ));
-        }
-        self.hold_if_small(headers, body).await
-    }
-
-    /// A body keyless need not read is held for replay when its declared length is within
-    /// the replay cap (a bodiless GET, a small upload); otherwise it streams, sent once.
-    async fn hold_if_small(&self, headers: &HeaderMap, body: Incoming) -> Result<Prepared, Error> {
-        use http_body::Body as _;
-        if body.is_end_stream() {
-            return Ok(Prepared::held(Bytes::new(), None, 0, 0));
-        }
-        let cap = self.config.retry.max_replay_bytes;
-        match declared_length(headers) {
-            Some(len) if len <= cap as u64 && self.config.retry.attempts > 1 => {
-                let bytes = self.read_bounded(headers, body, cap).await?;
-                Ok(Prepared::held(bytes, None, 0, cap))
-            }
-            _ => Ok(Prepared::once(body)),
-        }
-    }
-
-    /// Reads a whole body, refusing more than `limit` (early from `Content-Length` when
-    /// the client sent one).
-    async fn read_bounded(
-        &self,
-        headers: &HeaderMap,
-        body: Incoming,
-        limit: usize,
-    ) -> Result<Bytes, Error> {
-        if declared_length(headers).is_some_and(|len| len > limit as u64) {
-            return Err(Error::BodyTooLarge { limit });
-        }
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(Error::BodyTooLarge { limit })
-            }
-            Err(e) => Err(Error::BodyRead(e.to_string())),
-        }
     }
 
     /// The attempt loop. Each turn picks a backend, passes its limiter, signs and sends;
@@ -843,13 +656,6 @@ fn has_other(backends: &[Backend], index: usize, excluded: u64) -> bool {
     backends.iter().enumerate().any(|(i, b)| {
         i != index && excluded & (1 << i) == 0 && b.deployment.cooling_for(now).is_none()
     })
-}
-
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
 }
 
 fn only_get(method: &Method) -> Result<(), Error> {

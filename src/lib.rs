@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod limit;
 pub mod model;
+mod prepare;
 pub mod retry;
 pub mod rewrite;
 pub mod route;

@@ -9,11 +9,6 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: fewer, cheaper allocations and less fragmentation than glibc's arenas
-/// with thousands of streams open (see BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Connections the kernel may queue before keyless accepts them: a burst of a thousand
 /// clients must not meet tokio's default of 1,024 (each overflow costs its client a
 /// one-second SYN retransmission). The kernel caps it at `net.core.somaxconn`.
