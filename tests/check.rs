@@ -9,13 +9,10 @@ mod support;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::identity::FakeIdentity;
 use support::mock::{Mock, Reply};
 use support::{Finished, keyless_command, run_with_timeout, spawn_simulator};
 
@@ -52,55 +49,11 @@ fn fake_jwt(audience: &str) -> String {
     )
 }
 
-/// An App Service-style managed identity endpoint on 127.0.0.1 that hands out `token`.
-struct FakeMsi {
-    url: String,
-    calls: Arc<AtomicUsize>,
-}
-
 const MSI_HEADER: &str = "msi-header-secret-for-check";
 
-async fn fake_msi(token: String) -> FakeMsi {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/msi/token", listener.local_addr().unwrap());
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (token, counter) = (token.clone(), counter.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (token, counter) = (token.clone(), counter.clone());
-                    async move {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        let ok = req.headers().get("x-identity-header").map(|v| v.as_bytes())
-                            == Some(MSI_HEADER.as_bytes());
-                        let (status, body) = if ok {
-                            let body = serde_json::json!({
-                                "access_token": token,
-                                "expires_on": (unix_now() + 3600).to_string(),
-                                "resource": "https://cognitiveservices.azure.com",
-                                "token_type": "Bearer",
-                            });
-                            (200, body.to_string())
-                        } else {
-                            (401, r#"{"error":"bad identity header"}"#.to_owned())
-                        };
-                        let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                        r.headers_mut()
-                            .insert("content-type", "application/json".parse().unwrap());
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    FakeMsi { url, calls }
+/// A managed identity endpoint on 127.0.0.1 that hands out `token` for [`MSI_HEADER`].
+async fn fake_msi(token: String) -> FakeIdentity {
+    FakeIdentity::start(MSI_HEADER, Duration::ZERO, move |_| token.clone()).await
 }
 
 /// `keyless check ARGS` with the managed identity environment of `msi_url`.
@@ -392,24 +345,8 @@ async fn a_refused_connection_is_explained_with_the_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_is_explained_as_tls() {
-    // A TLS endpoint on 127.0.0.1 whose self-signed certificate nobody trusts.
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    // A TLS endpoint on 127.0.0.1 whose certificate comes from a CA nobody trusts.
+    let acceptor = support::tls::test_tls(&["127.0.0.1"], &[]).acceptor;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use keyless::config::ApiStyle;
 use std::time::{Duration, Instant};
-use support::mock::{Mock, Proxy, Reply, TestIdentity, client, flags};
+use support::mock::{Mock, Proxy, Reply, TestIdentity, client, flags, post_json};
 use tokio::sync::mpsc;
 
 fn models(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -26,13 +26,7 @@ async fn v1_style_maps_the_model_and_keeps_every_other_byte() {
     f.models = models(&[("gpt-4o-mini", "prod-4o-mini")]);
     let proxy = Proxy::start(f, &mock.url, TestIdentity::ok()).await;
 
-    let r = client()
-        .post(format!("{}/v1/chat/completions", proxy.base))
-        .header("content-type", "application/json")
-        .body(CHAT)
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&proxy.base, "/v1/chat/completions", CHAT).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), r#"{"ok":true}"#);
 
@@ -52,13 +46,12 @@ async fn v1_style_maps_the_model_and_keeps_every_other_byte() {
 async fn unmapped_model_goes_to_the_default_deployment_else_its_own_name() {
     let mock = Mock::start(|_| Reply::json("{}")).await;
     let proxy = Proxy::start(flags(), &mock.url, TestIdentity::ok()).await;
-    client()
-        .post(format!("{}/v1/embeddings", proxy.base))
-        .header("content-type", "application/json")
-        .body(r#"{"model":"text-embedding-3-small","input":"hi"}"#)
-        .send()
-        .await
-        .unwrap();
+    post_json(
+        &proxy.base,
+        "/v1/embeddings",
+        r#"{"model":"text-embedding-3-small","input":"hi"}"#,
+    )
+    .await;
     assert_eq!(
         mock.one().body,
         r#"{"model":"text-embedding-3-small","input":"hi"}"#
@@ -68,13 +61,12 @@ async fn unmapped_model_goes_to_the_default_deployment_else_its_own_name() {
     let mut f = flags();
     f.deployment = Some("catch-all".into());
     let proxy = Proxy::start(f, &mock.url, TestIdentity::ok()).await;
-    client()
-        .post(format!("{}/v1/embeddings", proxy.base))
-        .header("content-type", "application/json")
-        .body(r#"{"model":"text-embedding-3-small","input":"hi"}"#)
-        .send()
-        .await
-        .unwrap();
+    post_json(
+        &proxy.base,
+        "/v1/embeddings",
+        r#"{"model":"text-embedding-3-small","input":"hi"}"#,
+    )
+    .await;
     assert_eq!(mock.one().body, r#"{"model":"catch-all","input":"hi"}"#);
 }
 
@@ -86,12 +78,7 @@ async fn deployments_style_scopes_deployment_ops_and_adds_the_api_version() {
     f.models = models(&[("gpt-4o-mini", "prod 4o")]);
     let proxy = Proxy::start(f, &mock.url, TestIdentity::ok()).await;
     let c = client();
-    c.post(format!("{}/v1/chat/completions", proxy.base))
-        .header("content-type", "application/json")
-        .body(CHAT)
-        .send()
-        .await
-        .unwrap();
+    post_json(&proxy.base, "/v1/chat/completions", CHAT).await;
     c.get(format!("{}/v1/models?limit=5", proxy.base))
         .send()
         .await
@@ -124,13 +111,7 @@ async fn deployment_op_without_a_model_is_a_clear_400_in_deployments_style() {
     let mut f = flags();
     f.api = Some(ApiStyle::Deployments);
     let proxy = Proxy::start(f, &mock.url, TestIdentity::ok()).await;
-    let r = client()
-        .post(format!("{}/v1/embeddings", proxy.base))
-        .header("content-type", "application/json")
-        .body(r#"{"input":"hi"}"#)
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&proxy.base, "/v1/embeddings", r#"{"input":"hi"}"#).await;
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().await.unwrap();
     assert!(v["error"]["message"].as_str().unwrap().contains("model"));
@@ -141,13 +122,7 @@ async fn deployment_op_without_a_model_is_a_clear_400_in_deployments_style() {
 async fn paths_without_v1_are_accepted() {
     let mock = Mock::start(|_| Reply::json("{}")).await;
     let proxy = Proxy::start(flags(), &mock.url, TestIdentity::ok()).await;
-    let r = client()
-        .post(format!("{}/chat/completions", proxy.base))
-        .header("content-type", "application/json")
-        .body(CHAT)
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&proxy.base, "/chat/completions", CHAT).await;
     assert_eq!(r.status(), 200);
     assert_eq!(mock.one().path_and_query, "/openai/v1/chat/completions");
 }
@@ -237,13 +212,7 @@ async fn azure_errors_pass_through_verbatim() {
     let mut f = flags();
     f.max_attempts = Some(1); // retries have their own tests
     let proxy = Proxy::start(f, &mock.url, TestIdentity::ok()).await;
-    let r = client()
-        .post(format!("{}/v1/chat/completions", proxy.base))
-        .header("content-type", "application/json")
-        .body(CHAT)
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&proxy.base, "/v1/chat/completions", CHAT).await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after-ms"], "37000");
     assert_eq!(r.headers()["retry-after"], "37");
@@ -263,13 +232,12 @@ async fn expect_error(r: reqwest::Response, status: u16, code: &str) -> String {
 async fn invalid_json_is_a_400_and_nothing_goes_upstream() {
     let mock = Mock::start(|_| Reply::json("{}")).await;
     let proxy = Proxy::start(flags(), &mock.url, TestIdentity::ok()).await;
-    let r = client()
-        .post(format!("{}/v1/chat/completions", proxy.base))
-        .header("content-type", "application/json")
-        .body(r#"{"model":"gpt-4o","messages":[}"#)
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(
+        &proxy.base,
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o","messages":[}"#,
+    )
+    .await;
     let message = expect_error(r, 400, "invalid_json").await;
     assert!(message.contains("not valid JSON"), "{message}");
     assert!(mock.seen().is_empty());
@@ -323,23 +291,16 @@ async fn a_body_over_the_limit_is_a_413() {
     let proxy = Proxy::start(f, &mock.url, TestIdentity::ok()).await;
     let big = format!(r#"{{"model":"m","input":"{}"}}"#, "x".repeat(4096));
     // Declared length over the limit.
-    let r = client()
-        .post(format!("{}/v1/embeddings", proxy.base))
-        .header("content-type", "application/json")
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&proxy.base, "/v1/embeddings", big.clone()).await;
     expect_error(r, 413, "request_too_large").await;
     // Chunked, with no declared length.
     let chunks = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from(big))]);
-    let r = client()
-        .post(format!("{}/v1/embeddings", proxy.base))
-        .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(
+        &proxy.base,
+        "/v1/embeddings",
+        reqwest::Body::wrap_stream(chunks),
+    )
+    .await;
     expect_error(r, 413, "request_too_large").await;
     assert!(mock.seen().is_empty());
 }
@@ -487,13 +448,12 @@ async fn spaced_frames_arrive_spaced() {
     })
     .await;
     let proxy = Proxy::start(flags(), &mock.url, TestIdentity::ok()).await;
-    let response = client()
-        .post(format!("{}/v1/chat/completions", proxy.base))
-        .header("content-type", "application/json")
-        .body(r#"{"model":"m","stream":true}"#)
-        .send()
-        .await
-        .unwrap();
+    let response = post_json(
+        &proxy.base,
+        "/v1/chat/completions",
+        r#"{"model":"m","stream":true}"#,
+    )
+    .await;
     let mut body = response.bytes_stream();
     let mut arrivals = Vec::new();
     let mut text = String::new();
@@ -531,13 +491,12 @@ async fn an_upstream_that_dies_mid_stream_fails_the_clients_stream() {
     })
     .await;
     let proxy = Proxy::start(flags(), &mock.url, TestIdentity::ok()).await;
-    let response = client()
-        .post(format!("{}/v1/chat/completions", proxy.base))
-        .header("content-type", "application/json")
-        .body(r#"{"model":"m","stream":true}"#)
-        .send()
-        .await
-        .unwrap();
+    let response = post_json(
+        &proxy.base,
+        "/v1/chat/completions",
+        r#"{"model":"m","stream":true}"#,
+    )
+    .await;
     let mut body = response.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
     assert_eq!(&first[..], b"data: {\"partial\":true}\n\n");
@@ -556,13 +515,7 @@ async fn an_unreachable_upstream_is_a_502() {
     let url = url::Url::parse(&format!("http://{}", closed.local_addr().unwrap())).unwrap();
     drop(closed);
     let proxy = Proxy::start(flags(), &url, TestIdentity::ok()).await;
-    let r = client()
-        .post(format!("{}/v1/chat/completions", proxy.base))
-        .header("content-type", "application/json")
-        .body(CHAT)
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&proxy.base, "/v1/chat/completions", CHAT).await;
     let message = expect_error(r, 502, "upstream_unreachable").await;
     assert!(message.to_lowercase().contains("connect"), "{message}");
 }
@@ -573,13 +526,7 @@ async fn a_silent_upstream_is_a_504() {
     let mut f = flags();
     f.response_timeout = Some(Duration::from_millis(300));
     let proxy = Proxy::start(f, &mock.url, TestIdentity::ok()).await;
-    let r = client()
-        .post(format!("{}/v1/chat/completions", proxy.base))
-        .header("content-type", "application/json")
-        .body(CHAT)
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&proxy.base, "/v1/chat/completions", CHAT).await;
     expect_error(r, 504, "upstream_timeout").await;
 }
 
@@ -592,13 +539,7 @@ async fn no_token_is_a_503_with_the_credentials_explanation() {
         TestIdentity::failing("Azure CLI not logged in: run `az login`"),
     )
     .await;
-    let r = client()
-        .post(format!("{}/v1/chat/completions", proxy.base))
-        .header("content-type", "application/json")
-        .body(CHAT)
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&proxy.base, "/v1/chat/completions", CHAT).await;
     let message = expect_error(r, 503, "no_token").await;
     assert!(message.contains("run `az login`"), "{message}");
     let ready = client()

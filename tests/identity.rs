@@ -4,86 +4,20 @@
 
 mod support;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::identity::FakeIdentity;
 use support::mock::{Mock, Reply, client};
 use support::spawn_keyless;
-
-/// An App Service-style managed identity endpoint (`IDENTITY_ENDPOINT`): answers
-/// `GET ?api-version=2019-08-01&resource=...` carrying `x-identity-header`, after `delay`.
-/// The query and `x-identity-header` of each identity request.
-type IdentityRequests = Arc<Mutex<Vec<(String, Option<String>)>>>;
-
-struct FakeIdentity {
-    url: String,
-    calls: Arc<AtomicUsize>,
-    seen: IdentityRequests,
-}
-
-async fn fake_identity(secret: &'static str, delay: Duration) -> FakeIdentity {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/msi/token", listener.local_addr().unwrap());
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen: IdentityRequests = Arc::default();
-    let (c, s) = (calls.clone(), seen.clone());
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (c, s) = (c.clone(), s.clone());
-            tokio::spawn(async move {
-                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (c, s) = (c.clone(), s.clone());
-                    async move {
-                        let n = c.fetch_add(1, Ordering::SeqCst);
-                        let header = req
-                            .headers()
-                            .get("x-identity-header")
-                            .map(|v| v.to_str().unwrap().to_owned());
-                        s.lock()
-                            .unwrap()
-                            .push((req.uri().query().unwrap_or("").to_owned(), header.clone()));
-                        tokio::time::sleep(delay).await;
-                        let expires = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .unwrap()
-                            .as_secs()
-                            + 3600;
-                        let (status, body) = if header.as_deref() == Some(secret) {
-                            (
-                                200,
-                                format!(
-                                    r#"{{"access_token":"mi-token-{n}","expires_on":"{expires}","resource":"https://cognitiveservices.azure.com","token_type":"Bearer"}}"#
-                                ),
-                            )
-                        } else {
-                            (401, r#"{"error":"bad identity header"}"#.to_owned())
-                        };
-                        let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                        r.headers_mut()
-                            .insert("content-type", "application/json".parse().unwrap());
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    FakeIdentity { url, calls, seen }
-}
 
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_identity_cold_start_makes_one_acquisition_for_fifty_requests() {
-    let identity = fake_identity("the-identity-header", Duration::from_millis(1500)).await;
+    let identity = FakeIdentity::start("the-identity-header", Duration::from_millis(1500), |n| {
+        format!("mi-token-{n}")
+    })
+    .await;
     let mock = Mock::start(|_| Reply::json("{}")).await;
     let (endpoint, id_url) = (mock.url.to_string(), identity.url.clone());
     let proxy = tokio::task::spawn_blocking(move || {

@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use support::mock::{Mock, Proxy, Reply, Seen, TestIdentity, client, flags};
+use support::mock::{Mock, Proxy, Reply, Seen, TestIdentity, client, flags, post_json};
 use tokio::sync::mpsc;
 use url::Url;
 
@@ -39,18 +39,8 @@ async fn start(toml: &str, mut f: Flags, upstream: &Url) -> Proxy {
     Proxy::start(f, upstream, TestIdentity::ok()).await
 }
 
-async fn post(proxy: &Proxy, path: &str, body: &str) -> reqwest::Response {
-    client()
-        .post(format!("{}{path}", proxy.base))
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn chat(proxy: &Proxy) -> reqwest::Response {
-    post(proxy, "/v1/chat/completions", CHAT).await
+    post_json(&proxy.base, "/v1/chat/completions", CHAT).await
 }
 
 /// `x-keyless-attempts` as a number.
@@ -485,7 +475,7 @@ async fn a_json_body_over_the_replay_cap_is_sent_once() {
     let big = format!(r#"{{"model":"gpt-4o","input":"{}"}}"#, "x".repeat(4096));
     let mock = Mock::start(script(vec![Reply::status(503, &[], "{}")], ok)).await;
     let proxy = start(&toml, flags(), &mock.url).await;
-    let r = post(&proxy, "/v1/embeddings", &big).await;
+    let r = post_json(&proxy.base, "/v1/embeddings", big).await;
     assert_eq!(r.status(), 503, "a body over the replay cap is not retried");
     assert_eq!(attempts(&r), 1);
     assert_eq!(mock.seen().len(), 1);
@@ -583,8 +573,8 @@ async fn a_reset_mid_stream_is_not_retried() {
     })
     .await;
     let proxy = start(FAST, flags(), &mock.url).await;
-    let r = post(
-        &proxy,
+    let r = post_json(
+        &proxy.base,
         "/v1/chat/completions",
         r#"{"model":"gpt-4o","stream":true}"#,
     )
@@ -616,14 +606,7 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
     let mock = Mock::start(|_| Reply::Hang).await;
     let proxy = start(FAST, flags(), &mock.url).await;
     let base = proxy.base.clone();
-    let request = tokio::spawn(async move {
-        client()
-            .post(format!("{base}/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(CHAT)
-            .send()
-            .await
-    });
+    let request = tokio::spawn(async move { post_json(&base, "/v1/chat/completions", CHAT).await });
     eventually("the upstream works on the request", || mock.active() == 1).await;
     request.abort();
     eventually("the upstream request is dropped", || mock.active() == 0).await;
@@ -636,14 +619,7 @@ async fn a_client_that_disconnects_cancels_a_pending_retry() {
     let mock = Mock::start(|_| Reply::status(429, &[("retry-after-ms", "800")], "{}")).await;
     let proxy = start(FAST, flags(), &mock.url).await;
     let base = proxy.base.clone();
-    let request = tokio::spawn(async move {
-        client()
-            .post(format!("{base}/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(CHAT)
-            .send()
-            .await
-    });
+    let request = tokio::spawn(async move { post_json(&base, "/v1/chat/completions", CHAT).await });
     eventually("the first attempt", || mock.seen().len() == 1).await;
     tokio::time::sleep(ms(100)).await;
     request.abort();
@@ -727,12 +703,14 @@ async fn the_token_rate_counts_the_prompt_and_the_completion_budget() {
     .await;
     let big = r#"{"model":"gpt-4o","max_tokens":900,"messages":[{"role":"user","content":"hi"}]}"#;
     assert_eq!(
-        post(&proxy, "/v1/chat/completions", big).await.status(),
+        post_json(&proxy.base, "/v1/chat/completions", big)
+            .await
+            .status(),
         200
     );
     // Some 80 tokens are left: a 500-token budget does not fit...
     let budget = r#"{"model":"gpt-4o","max_completion_tokens":500,"messages":[{"role":"user","content":"hi"}]}"#;
-    let r = post(&proxy, "/v1/chat/completions", budget).await;
+    let r = post_json(&proxy.base, "/v1/chat/completions", budget).await;
     assert_eq!(r.status(), 429);
     let wait_ms: u64 = header(&r, "retry-after-ms").parse().unwrap();
     // About 440 tokens short at 100 a second.
@@ -807,14 +785,7 @@ async fn queue_mode_rejects_what_cannot_be_admitted_within_its_maximum_wait() {
     )
     .await;
     let base = proxy.base.clone();
-    let _first = tokio::spawn(async move {
-        client()
-            .post(format!("{base}/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(CHAT)
-            .send()
-            .await
-    });
+    let _first = tokio::spawn(async move { post_json(&base, "/v1/chat/completions", CHAT).await });
     eventually("the first request is upstream", || mock.active() == 1).await;
     let started = Instant::now();
     let r = chat(&proxy).await;
@@ -877,8 +848,8 @@ async fn the_concurrency_cap_counts_a_stream_until_it_ends() {
     tx.send(Ok(Bytes::from_static(b"data: 1\n\n")))
         .await
         .unwrap();
-    let streaming = post(
-        &proxy,
+    let streaming = post_json(
+        &proxy.base,
         "/v1/chat/completions",
         r#"{"model":"gpt-4o","stream":true}"#,
     )
@@ -913,8 +884,8 @@ async fn azure_style_requests_count_against_their_deployments_limits() {
     )
     .await;
     let path = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
-    assert_eq!(post(&proxy, path, CHAT).await.status(), 200);
-    let r = post(&proxy, path, CHAT).await;
+    assert_eq!(post_json(&proxy.base, path, CHAT).await.status(), 200);
+    let r = post_json(&proxy.base, path, CHAT).await;
     assert_eq!(
         r.status(),
         429,
@@ -1178,15 +1149,15 @@ async fn an_azure_style_429_cools_down_only_its_own_deployment() {
     })
     .await;
     let proxy = start(FAST, flags(), &mock.url).await;
-    let r = post(
-        &proxy,
+    let r = post_json(
+        &proxy.base,
         "/openai/deployments/busy/chat/completions?api-version=2024-10-21",
         CHAT,
     )
     .await;
     assert_eq!(r.status(), 429);
-    let r = post(
-        &proxy,
+    let r = post_json(
+        &proxy.base,
         "/openai/deployments/idle/chat/completions?api-version=2024-10-21",
         CHAT,
     )
@@ -1303,8 +1274,8 @@ async fn the_idle_timeout_cuts_a_silent_stream_and_only_a_silent_one() {
     // Four frames 150 ms apart: 450 ms in all, longer than the idle timeout, never silent for it.
     let mock = Mock::start(spaced(ms(150), 4, false)).await;
     let proxy = start(FAST, f.clone(), &mock.url).await;
-    let r = post(
-        &proxy,
+    let r = post_json(
+        &proxy.base,
         "/v1/chat/completions",
         r#"{"model":"gpt-4o","stream":true}"#,
     )
@@ -1317,8 +1288,8 @@ async fn the_idle_timeout_cuts_a_silent_stream_and_only_a_silent_one() {
     // One frame, then silence.
     let mock = Mock::start(spaced(ms(0), 1, true)).await;
     let proxy = start(FAST, f, &mock.url).await;
-    let r = post(
-        &proxy,
+    let r = post_json(
+        &proxy.base,
         "/v1/chat/completions",
         r#"{"model":"gpt-4o","stream":true}"#,
     )
@@ -1440,13 +1411,7 @@ async fn attempts_and_backend_are_in_the_log_line_and_the_headers() {
         })
         .await
         .unwrap();
-        let r = client()
-            .post(format!("{}/v1/chat/completions", proxy.url()))
-            .header("content-type", "application/json")
-            .body(CHAT)
-            .send()
-            .await
-            .unwrap();
+        let r = post_json(&proxy.url(), "/v1/chat/completions", CHAT).await;
         assert_eq!(r.status(), 200, "{}", proxy.report());
         assert_eq!(header(&r, "x-keyless-attempts"), "2");
         assert_eq!(header(&r, "x-keyless-backend"), "paygo");

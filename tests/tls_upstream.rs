@@ -20,28 +20,7 @@ struct TlsUpstream {
 }
 
 async fn tls_upstream(alpn: &[&[u8]]) -> TlsUpstream {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server_cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![server_cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
-    )
-    .unwrap();
-    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let support::tls::TestTls { ca_pem, acceptor } = support::tls::test_tls(&["localhost"], alpn);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -76,7 +55,7 @@ async fn tls_upstream(alpn: &[&[u8]]) -> TlsUpstream {
     });
     TlsUpstream {
         url: url::Url::parse(&format!("https://localhost:{port}")).unwrap(),
-        ca_pem: ca.pem(),
+        ca_pem,
         connections,
         versions,
     }

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::mock::{Mock, Proxy, Reply, Seen, TestIdentity, client, flags};
+use support::mock::{Mock, Proxy, Reply, Seen, TestIdentity, client, flags, post_json_with};
 use support::{KeylessProcess, spawn_keyless, spawn_simulator};
 
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
@@ -30,12 +30,7 @@ fn unix_millis(t: SystemTime) -> u128 {
 }
 
 async fn chat(c: &reqwest::Client, base: &str) -> reqwest::Response {
-    c.post(format!("{base}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(CHAT)
-        .send()
-        .await
-        .unwrap()
+    post_json_with(c, base, "/v1/chat/completions", CHAT).await
 }
 
 fn bearer(seen: &Seen) -> String {
@@ -635,30 +630,10 @@ struct FakeSts {
 }
 
 async fn fake_sts(lifetime: Duration) -> FakeSts {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![server_cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
-    )
-    .unwrap();
+    let support::tls::TestTls { ca_pem, acceptor } = support::tls::test_tls(&["127.0.0.1"], &[]);
     let ca_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ca_file.path(), ca.pem()).unwrap();
+    std::fs::write(ca_file.path(), ca_pem).unwrap();
 
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen: Arc<Mutex<Vec<HashMap<String, String>>>> = Arc::default();

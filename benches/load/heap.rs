@@ -57,15 +57,8 @@ pub fn finish(wrapper_pid: u32, data: &Path, timeout: Duration) -> Result<HeapPr
             "--print-leaks",
             "0",
         ])
-        .args([
-            "--print-temporary",
-            "0",
-            "--print-histogram",
-            "0",
-            "--peak-limit",
-            "12",
-            "-f",
-        ])
+        // No --print-histogram: it takes a file name and would write one.
+        .args(["--print-temporary", "0", "--peak-limit", "12", "-f"])
         .arg(&zst)
         .stdin(Stdio::null())
         .output()?;

@@ -443,6 +443,31 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// `POST {base}{path}` with `content-type: application/json` and `body`, through `c`.
+pub async fn post_json_with(
+    c: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    c.post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST {base}{path}` with `content-type: application/json` and `body`, through a new
+/// [`client`].
+pub async fn post_json(
+    base: &str,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    post_json_with(&client(), base, path, body).await
+}
+
 /// Flags with nothing set.
 pub fn flags() -> Flags {
     Flags::default()

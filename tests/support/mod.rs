@@ -9,7 +9,9 @@
 //! Every test owns its processes and ports: nothing here is shared between tests.
 #![allow(dead_code)]
 
+pub mod identity;
 pub mod mock;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
