@@ -105,12 +105,13 @@ impl App {
         self.telemetry.in_flight.inc();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let route = route::label(&route::classify(&path));
+        let inbound = route::classify(&path);
+        let route = route::label(&inbound);
         let (request_id, from_client) = request_id(req.headers_mut());
         let mut outcome = Outcome::default();
         let result = match listener {
-            Listener::Main => self.dispatch(req, &mut outcome).await,
-            Listener::Admin => self.admin(req).await,
+            Listener::Main => self.dispatch(inbound, req, &mut outcome).await,
+            Listener::Admin => self.admin(&inbound, req.method(), &path),
         };
         let mut response = match result {
             Ok(response) => response,
@@ -171,16 +172,31 @@ impl App {
     }
 
     /// The admin listener: metrics and probes, nothing that reaches Azure.
-    async fn admin(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-        match route::classify(req.uri().path()) {
-            Inbound::Health => Ok(json(StatusCode::OK, r#"{"status":"ok"}"#.into())),
-            Inbound::Ready => Ok(self.readiness()),
-            Inbound::Metrics => Ok(self.metrics()),
-            _ => Err(Error::NotFound {
-                method: req.method().to_string(),
-                path: req.uri().path().to_owned(),
-            }),
+    fn admin(
+        &self,
+        inbound: &Inbound<'_>,
+        method: &Method,
+        path: &str,
+    ) -> Result<Response<Body>, Error> {
+        self.own_endpoint(inbound, method)
+            .unwrap_or_else(|| Err(not_found(method, path)))
+    }
+
+    /// keyless's own endpoints, the same on either listener: probes and metrics, GET or
+    /// HEAD only. `None` for every other route.
+    fn own_endpoint(
+        &self,
+        inbound: &Inbound<'_>,
+        method: &Method,
+    ) -> Option<Result<Response<Body>, Error>> {
+        if !matches!(inbound, Inbound::Health | Inbound::Ready | Inbound::Metrics) {
+            return None;
         }
+        Some(only_get(method).map(|()| match inbound {
+            Inbound::Ready => self.readiness(),
+            Inbound::Metrics => self.metrics(),
+            _ => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        }))
     }
 
     fn metrics(&self) -> Response<Body> {
@@ -192,29 +208,21 @@ impl App {
         response
     }
 
+    /// The main listener: `inbound` is the request's path, classified once by `handle`.
     async fn dispatch(
         &self,
+        inbound: Inbound<'_>,
         req: Request<Incoming>,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, Error> {
+        if let Some(answer) = self.own_endpoint(&inbound, req.method()) {
+            return answer;
+        }
         let (parts, body) = req.into_parts();
-        match route::classify(parts.uri.path()) {
-            Inbound::Health => {
-                only_get(&parts.method)?;
-                Ok(json(StatusCode::OK, r#"{"status":"ok"}"#.into()))
+        match inbound {
+            Inbound::Health | Inbound::Ready | Inbound::Metrics | Inbound::Unknown => {
+                Err(not_found(&parts.method, parts.uri.path()))
             }
-            Inbound::Ready => {
-                only_get(&parts.method)?;
-                Ok(self.readiness())
-            }
-            Inbound::Metrics => {
-                only_get(&parts.method)?;
-                Ok(self.metrics())
-            }
-            Inbound::Unknown => Err(Error::NotFound {
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_owned(),
-            }),
             Inbound::Azure(path) => {
                 // Azure-style clients already name the deployment: same path and query, on
                 // the default endpoint. The deployment (from the path, or the body's model
@@ -656,6 +664,13 @@ fn has_other(backends: &[Backend], index: usize, excluded: u64) -> bool {
     backends.iter().enumerate().any(|(i, b)| {
         i != index && excluded & (1 << i) == 0 && b.deployment.cooling_for(now).is_none()
     })
+}
+
+fn not_found(method: &Method, path: &str) -> Error {
+    Error::NotFound {
+        method: method.to_string(),
+        path: path.to_owned(),
+    }
 }
 
 fn only_get(method: &Method) -> Result<(), Error> {

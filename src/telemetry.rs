@@ -80,6 +80,8 @@ pub struct Telemetry {
     pub in_flight: Gauge,
     /// SSE responses open.
     pub open_streams: Gauge,
+    /// The label value for "none", made once rather than per request.
+    empty_label: Arc<str>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -150,6 +152,7 @@ impl Telemetry {
             rate_limited,
             in_flight,
             open_streams,
+            empty_label: Arc::from(""),
         }
     }
 
@@ -253,13 +256,13 @@ impl RequestLog {
     /// Counts and logs the request now that its response is over.
     pub fn finish(self, bytes: u64, end: End) {
         let elapsed = self.started.elapsed();
-        let empty: Arc<str> = Arc::from("");
+        let empty = &self.telemetry.empty_label;
         self.telemetry
             .requests
             .get_or_create(&RequestLabels {
                 route: self.route,
                 deployment: self.deployment.clone().unwrap_or_else(|| empty.clone()),
-                backend: self.backend.clone().unwrap_or(empty),
+                backend: self.backend.clone().unwrap_or_else(|| empty.clone()),
                 status: self.status,
             })
             .inc();

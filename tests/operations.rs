@@ -376,6 +376,16 @@ async fn admin_listener_serves_metrics_and_probes_only() {
         404,
         "the admin listener never reaches Azure"
     );
+    let posted = http
+        .post(format!("http://{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        posted.status(),
+        405,
+        "probes are GET only, as on the main listener"
+    );
     drop(simulator);
 }
 
