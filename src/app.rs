@@ -462,7 +462,7 @@ impl App {
                     last_error = None;
                 }
                 Ok(Err(e)) => {
-                    let message = error_chain(&e);
+                    let message = crate::error::chain_text(&e);
                     tracing::info!(backend = %backend.name, error = %message, attempt = outcome.attempts, "Azure unreachable");
                     failed |= 1 << index;
                     deployment.cool_down(self.backoff(deployment));
@@ -689,19 +689,4 @@ fn json(status: StatusCode, body: Bytes) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// An error and its causes, `outer: inner: innermost`, for a readable 502.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -1136,7 +1136,7 @@ fn explain_transport(
     host: &str,
     endpoint: &Url,
 ) -> (Verdict, String, Vec<String>) {
-    let chain = causes(err);
+    let chain = crate::error::causes(err);
     let text = chain.join(": ");
     if let Some(tls) = find_cause::<rustls::Error>(err) {
         let (why, advice) = explain_tls(tls, endpoint);
@@ -1239,20 +1239,6 @@ fn explain_tls(err: &rustls::Error, endpoint: &Url) -> (&'static str, Vec<String
     }
 }
 
-/// The error and its causes, each once, looking inside `io::Error`s too (whose `source`
-/// skips the error they wrap).
-fn causes(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    walk(err, &mut |e| {
-        let text = e.to_string();
-        if !text.is_empty() && !out.iter().any(|o| o == &text) {
-            out.push(text);
-        }
-        false
-    });
-    out
-}
-
 fn find_cause<'a, T: std::error::Error + 'static>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a T> {
@@ -1266,26 +1252,6 @@ fn find_cause<'a, T: std::error::Error + 'static>(
         return Some(t);
     }
     err.source().and_then(find_cause::<T>)
-}
-
-/// Visits `err`, what an `io::Error` wraps, and the sources, until `visit` says stop.
-fn walk(
-    err: &(dyn std::error::Error + 'static),
-    visit: &mut dyn FnMut(&(dyn std::error::Error + 'static)) -> bool,
-) -> bool {
-    if visit(err) {
-        return true;
-    }
-    if let Some(io) = err.downcast_ref::<std::io::Error>()
-        && let Some(inner) = io.get_ref()
-        && walk(inner, visit)
-    {
-        return true;
-    }
-    match err.source() {
-        Some(source) => walk(source, visit),
-        None => false,
-    }
 }
 
 #[cfg(test)]

@@ -128,6 +128,48 @@ impl Error {
     }
 }
 
+/// Every distinct text in an error's chain, outermost first, looking inside `io::Error`s
+/// too (whose `source` skips the error they wrap).
+pub fn causes(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    walk(err, &mut |e| {
+        let text = e.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push(text);
+        }
+    });
+    out
+}
+
+/// The chain on one line, `outer: inner: innermost`, white space folded, leaving out a
+/// cause an earlier text already says: a readable reason for a 502 or a failed identity.
+pub fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for text in causes(err) {
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+fn walk(
+    err: &(dyn std::error::Error + 'static),
+    visit: &mut dyn FnMut(&(dyn std::error::Error + 'static)),
+) {
+    visit(err);
+    if let Some(inner) = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        walk(inner, visit);
+    }
+    if let Some(source) = err.source() {
+        walk(source, visit);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +202,22 @@ mod tests {
         assert_eq!(r.headers()["retry-after-ms"], "1500");
         assert_eq!(r.headers()["retry-after"], "2");
         assert!(r.body().contains("rate_limit_exceeded"));
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer failed")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn causes_look_inside_io_errors_and_chain_text_says_each_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("dns error")]
+        struct Dns;
+        let err = Outer(std::io::Error::other(Dns));
+        assert_eq!(causes(&err), ["outer failed", "dns error"]);
+        assert_eq!(chain_text(&err), "outer failed: dns error");
+        let folded = Outer(std::io::Error::other("line one\n  line two"));
+        assert_eq!(chain_text(&folded), "outer failed: line one line two");
     }
 
     #[test]

@@ -986,7 +986,7 @@ impl ImdsProbe {
                 let cause = if e.is_timeout() {
                     format!("no answer within {} ms", self.timeout.as_millis())
                 } else {
-                    causes(&e)
+                    crate::error::chain_text(&e)
                 };
                 Err(format!(
                     "no managed identity endpoint: IMDS ({host}) is unreachable ({cause}) and \
@@ -995,20 +995,6 @@ impl ImdsProbe {
             }
         }
     }
-}
-
-/// An error and its causes on one line, each cause once.
-fn causes(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut source = Some(err);
-    while let Some(e) = source {
-        let text = one_line(&e.to_string());
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = e.source();
-    }
-    parts.join(": ")
 }
 
 /// A credential chosen by `--credential`.
