@@ -29,8 +29,8 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, V
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
@@ -40,7 +40,8 @@ pub struct App {
     /// Every scope's token cache, the default scope's first (readiness).
     tokens: Vec<TokenCache>,
     telemetry: Arc<Telemetry>,
-    draining: AtomicBool,
+    /// Fired at SIGTERM: `/readyz` answers 503 from then on.
+    shutdown: CancellationToken,
 }
 
 /// Which listener a request came in on.
@@ -72,13 +73,15 @@ struct Outcome {
 }
 
 impl App {
-    /// Builds the handler state. `tokens` lists every scope's cache, the default first.
+    /// Builds the handler state. `tokens` lists every scope's cache, the default first;
+    /// `shutdown` is the signal that starts draining.
     pub fn new(
         config: Config,
         router: Router,
         client: Client,
         tokens: Vec<TokenCache>,
         telemetry: Arc<Telemetry>,
+        shutdown: CancellationToken,
     ) -> App {
         App {
             config,
@@ -86,13 +89,8 @@ impl App {
             client,
             tokens,
             telemetry,
-            draining: AtomicBool::new(false),
+            shutdown,
         }
-    }
-
-    /// Marks the proxy as shutting down: `/readyz` answers 503 from now on.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// Handles one request. Never fails: errors become OpenAI-shaped answers.
@@ -572,7 +570,7 @@ impl App {
 
     /// 200 once every scope in use holds a valid token; 503 with the reasons otherwise.
     fn readiness(&self) -> Response<Body> {
-        if self.draining.load(Ordering::Relaxed) {
+        if self.shutdown.is_cancelled() {
             return json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 r#"{"status":"shutting down"}"#.into(),

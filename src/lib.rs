@@ -154,17 +154,35 @@ pub async fn run_with_identity(
     );
     let telemetry = Arc::new(telemetry::Telemetry::new(tokens.clone()));
     let grace = config.shutdown_grace;
-    let app = Arc::new(app::App::new(config, router, client, tokens, telemetry));
+    let app = Arc::new(app::App::new(
+        config,
+        router,
+        client,
+        tokens,
+        telemetry,
+        shutdown.clone(),
+    ));
+    let listener = |role: app::Listener| {
+        let app = app.clone();
+        hyper::service::service_fn(move |req| app.clone().handle(role, req))
+    };
     let admin = listeners.admin.map(|admin| {
         tasks.spawn(server::serve(
             admin,
-            app::Listener::Admin,
-            app.clone(),
+            listener(app::Listener::Admin),
             shutdown.clone(),
             grace,
+            "admin",
         ))
     });
-    server::serve(listeners.main, app::Listener::Main, app, shutdown, grace).await;
+    server::serve(
+        listeners.main,
+        listener(app::Listener::Main),
+        shutdown,
+        grace,
+        "proxy",
+    )
+    .await;
     if let Some(admin) = admin {
         let _ = admin.await;
     }

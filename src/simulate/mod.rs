@@ -38,9 +38,6 @@ use http_body::{Body as HttpBody, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::pin::Pin;
@@ -48,7 +45,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -134,53 +130,14 @@ impl State {
     }
 }
 
-/// The accept loop. Connection tasks live in a `JoinSet` so none outlives shutdown: they get
-/// [`SHUTDOWN_GRACE`] to finish their answers, then the rest are aborted.
+/// The accept loop is the proxy's own (`server::serve`): in-flight answers get
+/// [`SHUTDOWN_GRACE`] to finish at shutdown, then the rest are closed.
 async fn run(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            // Reap finished connections so the set does not grow without bound.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(%error, "simulator: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                // SSE frames are small writes; Nagle would hold them back.
-                let _ = stream.set_nodelay(true);
-                let state = Arc::clone(&state);
-                let service = hyper::service::service_fn(move |req| {
-                    let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(handle(&state, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                connections.spawn(async move {
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%error, "simulator: connection ended with an error");
-                    }
-                });
-            }
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::debug!("simulator: shutdown grace elapsed, closing remaining connections");
-    }
-    connections.shutdown().await;
+    let service = hyper::service::service_fn(move |req| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+    });
+    crate::server::serve(listener, service, shutdown, SHUTDOWN_GRACE, "simulator").await;
 }
 
 /// One request: route, authenticate, apply the knobs, answer.

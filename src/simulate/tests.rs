@@ -6,6 +6,7 @@ use http::Request;
 use http::response::Parts as ResponseParts;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
