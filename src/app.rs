@@ -459,30 +459,25 @@ impl App {
                     last = Some((response, backend.name.clone()));
                     last_error = None;
                 }
-                Ok(Err(e)) => {
-                    let message = crate::error::chain_text(&e);
-                    tracing::info!(backend = %backend.name, error = %message, attempt = outcome.attempts, "Azure unreachable");
+                failure => {
+                    // No response head: unreachable (connect, TLS, reset) or too slow.
+                    let (error, reason) = match failure {
+                        Ok(Err(e)) => (
+                            Error::UpstreamUnreachable(crate::error::chain_text(&e)),
+                            "connect",
+                        ),
+                        _ => (Error::UpstreamTimeout(timeout), "timeout"),
+                    };
+                    tracing::info!(backend = %backend.name, error = %error, attempt = outcome.attempts, "no answer from Azure");
                     failed |= 1 << index;
                     deployment.cool_down(self.backoff(deployment));
                     deployment.record_failure();
                     if !can_retry {
-                        return Err(Error::UpstreamUnreachable(message));
+                        return Err(error);
                     }
-                    self.count_retry(backend, "connect");
+                    self.count_retry(backend, reason);
                     last = None;
-                    last_error = Some(Error::UpstreamUnreachable(message));
-                }
-                Err(_) => {
-                    tracing::info!(backend = %backend.name, ?timeout, attempt = outcome.attempts, "no response head in time");
-                    failed |= 1 << index;
-                    deployment.cool_down(self.backoff(deployment));
-                    deployment.record_failure();
-                    if !can_retry {
-                        return Err(Error::UpstreamTimeout(timeout));
-                    }
-                    self.count_retry(backend, "timeout");
-                    last = None;
-                    last_error = Some(Error::UpstreamTimeout(timeout));
+                    last_error = Some(error);
                 }
             }
         }
