@@ -33,12 +33,16 @@ use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// Everything a request needs, shared by all connections.
+///
+/// Each worker thread holds its own copy: the state is shared, the upstream client (its
+/// pool, whose connection tasks live on that worker's runtime) is the worker's own.
+#[derive(Clone)]
 pub struct App {
-    config: Config,
-    router: Router,
+    config: Arc<Config>,
+    router: Arc<Router>,
     client: Client,
     /// Every scope's token cache, the default scope's first (readiness).
-    tokens: Vec<TokenCache>,
+    tokens: Arc<[TokenCache]>,
     telemetry: Arc<Telemetry>,
     /// Fired at SIGTERM: `/readyz` answers 503 from then on.
     shutdown: CancellationToken,
@@ -84,12 +88,20 @@ impl App {
         shutdown: CancellationToken,
     ) -> App {
         App {
-            config,
-            router,
+            config: Arc::new(config),
+            router: Arc::new(router),
             client,
-            tokens,
+            tokens: tokens.into(),
             telemetry,
             shutdown,
+        }
+    }
+
+    /// The same state with another upstream client: a worker's own.
+    pub fn with_client(&self, client: Client) -> App {
+        App {
+            client,
+            ..self.clone()
         }
     }
 
@@ -573,7 +585,7 @@ impl App {
         }
         let mut scopes = Vec::with_capacity(self.tokens.len());
         let mut ready = true;
-        for tokens in &self.tokens {
+        for tokens in self.tokens.iter() {
             let expires_in = tokens
                 .expires_at()
                 .and_then(|at| at.duration_since(SystemTime::now()).ok())

@@ -123,6 +123,10 @@ pub struct Flags {
     /// How long requests and streams in flight may run on after SIGTERM [default: 30s].
     #[arg(long, env = "KEYLESS_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Threads serving the proxy's connections, each with its own upstream connection
+    /// pool [default: one a CPU core].
+    #[arg(long, env = "KEYLESS_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
     /// Log format [default: text].
     #[arg(long, env = "KEYLESS_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -168,6 +172,7 @@ struct RawConfig {
     #[serde(default, with = "opt_duration")]
     shutdown_grace: Option<Duration>,
     ca_file: Option<PathBuf>,
+    workers: Option<usize>,
     retry: Option<RawRetry>,
     limits: Option<RawLimits>,
 }
@@ -237,6 +242,7 @@ const KNOWN_KEYS: &[&str] = &[
     "admin_listen",
     "shutdown_grace",
     "ca_file",
+    "workers",
     "retry",
     "limits",
 ];
@@ -401,6 +407,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Extra CA certificates to trust for Azure.
     pub ca_file: Option<PathBuf>,
+    /// Threads serving the proxy's connections.
+    pub workers: usize,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -535,6 +543,13 @@ impl Config {
         if max_body_bytes == 0 {
             problems.push("max_body_bytes must be positive".to_owned());
         }
+        // One a core, as nginx's `worker_processes auto`; the cgroup's CPU quota counts.
+        let workers = flags.workers.or(raw.workers).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        if workers == 0 {
+            problems.push("workers must be at least 1".to_owned());
+        }
 
         let timeouts = Timeouts {
             connect: flags
@@ -609,6 +624,7 @@ impl Config {
                 limits,
                 admin_listen: flags.admin_listen.or(raw.admin_listen),
                 ca_file: flags.ca_file.clone().or(raw.ca_file),
+                workers,
                 shutdown_grace: flags
                     .shutdown_grace
                     .or(raw.shutdown_grace)
@@ -783,6 +799,21 @@ mod tests {
         assert_eq!(c.api_version, DEFAULT_API_VERSION);
         assert_eq!(c.scope, DEFAULT_SCOPE);
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.workers, cores, "one worker a core");
+    }
+
+    #[test]
+    fn workers_come_from_the_file_and_zero_is_refused() {
+        let raw = parse_file("workers = 3\n").unwrap();
+        assert_eq!(Config::merge(&flags(), raw).unwrap().workers, 3);
+        let mut f = flags();
+        f.workers = Some(0);
+        let err = Config::merge(&f, RawConfig::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("workers must be at least 1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub enum StartError {
     /// Anything else about the configuration.
     #[error("{0}")]
     Invalid(String),
+    /// The proxy could not serve (no worker thread could run).
+    #[error("cannot serve: {0}")]
+    Serve(String),
 }
 
 /// The sockets keyless serves on.
@@ -142,8 +145,9 @@ pub async fn run_with_identity(
         Ok(up)
     })
     .map_err(StartError::Invalid)?;
-    let client = upstream::client(config.timeouts.connect, config.ca_file.as_deref())
-        .map_err(StartError::Invalid)?;
+    let tls = upstream::tls_config(config.ca_file.as_deref()).map_err(StartError::Invalid)?;
+    let connect_timeout = config.timeouts.connect;
+    let client = upstream::client_with(connect_timeout, tls.clone());
     // The default scope's cache first: readiness reports it at the top level.
     let default_tokens = default.tokens.clone();
     let mut tokens: Vec<TokenCache> = vec![default_tokens.clone()];
@@ -154,6 +158,7 @@ pub async fn run_with_identity(
     );
     let telemetry = Arc::new(telemetry::Telemetry::new(tokens.clone()));
     let grace = config.shutdown_grace;
+    let workers = config.workers;
     let app = Arc::new(app::App::new(
         config,
         router,
@@ -162,32 +167,41 @@ pub async fn run_with_identity(
         telemetry,
         shutdown.clone(),
     ));
-    let listener = |role: app::Listener| {
-        let app = app.clone();
+    let service = |app: Arc<app::App>, role: app::Listener| {
         hyper::service::service_fn(move |req| app.clone().handle(role, req))
     };
     let admin = listeners.admin.map(|admin| {
         tasks.spawn(server::serve(
             admin,
-            listener(app::Listener::Admin),
+            service(app.clone(), app::Listener::Admin),
             shutdown.clone(),
             grace,
             "admin",
         ))
     });
-    server::serve(
+    // Each worker gets its own upstream client: a pool whose connections live on the
+    // worker's runtime, beside the client connections they serve.
+    let served = server::serve_on_workers(
+        workers,
         listeners.main,
-        listener(app::Listener::Main),
-        shutdown,
+        |_| {
+            let app = app.with_client(upstream::client_with(connect_timeout, tls.clone()));
+            service(Arc::new(app), app::Listener::Main)
+        },
+        shutdown.clone(),
         grace,
         "proxy",
     )
     .await;
+    if served.is_err() {
+        // Nothing can be served: stop the admin listener too.
+        shutdown.cancel();
+    }
     if let Some(admin) = admin {
         let _ = admin.await;
     }
     refresher_stop.cancel();
     tasks.close();
     tasks.wait().await;
-    Ok(())
+    served.map_err(StartError::Serve)
 }

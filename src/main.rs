@@ -78,10 +78,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` relays requests on worker threads of its own (`--workers`); this runtime
+    // only accepts connections, refreshes tokens, answers the admin listener and (with
+    // `--simulate`) runs the simulator: one thread is plenty.
+    let runtime = match &cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyless: cannot start the async runtime: {e}");

@@ -18,6 +18,12 @@ pub type Client = HyperClient<HttpsConnector<HttpConnector>, Body>;
 
 /// Builds the upstream client, trusting `ca_file`'s certificates besides the usual roots.
 pub fn client(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Client, String> {
+    Ok(client_with(connect_timeout, tls_config(ca_file)?))
+}
+
+/// Builds an upstream client over `tls` (from [`tls_config`]): one a worker, each with
+/// its own pool, from one TLS configuration read once.
+pub fn client_with(connect_timeout: Duration, tls: rustls::ClientConfig) -> Client {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -25,12 +31,12 @@ pub fn client(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Clien
     http.set_keepalive(Some(Duration::from_secs(60)));
 
     let https = HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(ca_file)?)
+        .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
 
-    Ok(HyperClient::builder(TokioExecutor::new())
+    HyperClient::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         // Azure closes idle connections after ~4 minutes; drop ours before that. No cap
@@ -39,12 +45,12 @@ pub fn client(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Clien
         .pool_idle_timeout(Duration::from_secs(90))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .http2_keep_alive_while_idle(false)
-        .build(https))
+        .build(https)
 }
 
 /// rustls with the platform's roots when it has any (corporate proxies add theirs there),
 /// else the Mozilla roots compiled in (distroless images have no CA bundle).
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {

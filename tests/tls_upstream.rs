@@ -61,7 +61,9 @@ async fn tls_upstream(alpn: &[&[u8]]) -> TlsUpstream {
     }
 }
 
-async fn five_requests(upstream: &TlsUpstream, trust: bool) -> Vec<(u16, String)> {
+/// Five requests, each on a new client connection, through keyless with `workers`
+/// threads (each keeps its own upstream pool).
+async fn five_requests(upstream: &TlsUpstream, trust: bool, workers: usize) -> Vec<(u16, String)> {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &upstream.ca_pem).unwrap();
@@ -70,6 +72,7 @@ async fn five_requests(upstream: &TlsUpstream, trust: bool) -> Vec<(u16, String)
         f.ca_file = Some(ca_file);
     }
     f.max_attempts = Some(1);
+    f.workers = Some(workers);
     let proxy = Proxy::start(f, &upstream.url, TestIdentity::ok()).await;
     let mut out = Vec::new();
     for _ in 0..5 {
@@ -88,7 +91,7 @@ async fn five_requests(upstream: &TlsUpstream, trust: bool) -> Vec<(u16, String)
 #[tokio::test]
 async fn http2_when_azure_offers_it_over_one_pooled_connection() {
     let upstream = tls_upstream(&[b"h2", b"http/1.1"]).await;
-    for (status, body) in five_requests(&upstream, true).await {
+    for (status, body) in five_requests(&upstream, true, 1).await {
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(
@@ -105,7 +108,7 @@ async fn http2_when_azure_offers_it_over_one_pooled_connection() {
 #[tokio::test]
 async fn http1_when_azure_offers_only_that_with_the_connection_reused() {
     let upstream = tls_upstream(&[b"http/1.1"]).await;
-    for (status, body) in five_requests(&upstream, true).await {
+    for (status, body) in five_requests(&upstream, true, 1).await {
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(
@@ -120,9 +123,22 @@ async fn http1_when_azure_offers_only_that_with_the_connection_reused() {
 }
 
 #[tokio::test]
+async fn each_worker_reuses_its_own_pooled_connection() {
+    let upstream = tls_upstream(&[b"h2", b"http/1.1"]).await;
+    for (status, body) in five_requests(&upstream, true, 2).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    let opened = upstream.connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&opened),
+        "two workers open at most one connection each, not one a request: {opened}"
+    );
+}
+
+#[tokio::test]
 async fn an_untrusted_certificate_is_a_502_that_says_so() {
     let upstream = tls_upstream(&[b"h2", b"http/1.1"]).await;
-    let (status, body) = five_requests(&upstream, false).await.remove(0);
+    let (status, body) = five_requests(&upstream, false, 1).await.remove(0);
     assert_eq!(status, 502);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let message = v["error"]["message"].as_str().unwrap().to_lowercase();
