@@ -23,7 +23,7 @@ use crate::retry;
 use crate::rewrite;
 use crate::route::{self, Inbound, Op};
 use crate::telemetry::{BackendLabels, LimitLabels, RequestLog, RetryLabels, Telemetry};
-use crate::upstream::Client;
+use crate::upstream::{Client, Lease};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
@@ -431,7 +431,7 @@ impl App {
                 prepared.replayable() && outcome.attempts < budget && Instant::now() < deadline;
 
             match sent {
-                Ok(Ok(response)) => {
+                Ok(Ok((response, lease))) => {
                     let status = response.status();
                     if status == StatusCode::UNAUTHORIZED && !reauthorised {
                         // Azure refused a token the cache thought valid (revoked, or a role
@@ -450,7 +450,7 @@ impl App {
                     if !retry::is_retryable(status) {
                         deployment.record_success();
                         outcome.permit = permit;
-                        return Ok(self.respond(response));
+                        return Ok(self.respond(response, lease));
                     }
                     failed |= 1 << index;
                     let asked = retry::azure_wait(response.headers(), SystemTime::now());
@@ -464,10 +464,12 @@ impl App {
                         // answer (with its retry headers) goes to the client at once.
                         tracing::info!(backend = %backend.name, status = status.as_u16(), cool_down = ?wait, attempt = outcome.attempts, "Azure refused; no retry left, passing its answer on");
                         outcome.permit = permit;
-                        return Ok(self.respond(response));
+                        return Ok(self.respond(response, lease));
                     }
                     tracing::info!(backend = %backend.name, status = status.as_u16(), cool_down = ?wait, attempt = outcome.attempts, "Azure refused; retrying");
                     self.count_retry(backend, status_reason(status));
+                    // Kept in case no later attempt does better; its connection is not
+                    // reused (the lease is dropped), a rare cost on a path that failed.
                     last = Some((response, backend.name.clone()));
                     last_error = None;
                 }
@@ -507,7 +509,7 @@ impl App {
     ) -> Result<Response<Body>, Error> {
         if let Some((response, name)) = last {
             outcome.backend = Some(name);
-            return Ok(self.respond(response));
+            return Ok(self.respond(response, Lease::default()));
         }
         if let Some(err) = last_error {
             return Err(err);
@@ -545,11 +547,13 @@ impl App {
     }
 
     /// Azure's answer, on its way to the client.
-    fn respond(&self, response: Response<Incoming>) -> Response<Body> {
+    /// Azure's answer, on its way to the client; `lease` is its connection, handed back
+    /// to the pool when the body ends.
+    fn respond(&self, response: Response<Incoming>, lease: Lease) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         rewrite::response_headers(&mut parts.headers);
         parts.version = Version::default();
-        let body = UpstreamBody::new(body, self.config.timeouts.idle, None);
+        let body = UpstreamBody::new(body, self.config.timeouts.idle, None).with_lease(lease);
         Response::from_parts(parts, Body::Upstream(Box::new(body)))
     }
 

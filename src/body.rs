@@ -6,6 +6,7 @@
 //! trait object: no allocation per request, and `size_hint` stays exact so hyper keeps
 //! `Content-Length` framing where there was one.
 
+use crate::upstream::Lease;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -58,6 +59,8 @@ pub struct UpstreamBody {
     timer: Option<Pin<Box<Sleep>>>,
     bytes: u64,
     on_end: Option<Box<dyn BodyEnd>>,
+    /// The upstream connection, back to the pool once the body is read to its end.
+    lease: Lease,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -71,6 +74,10 @@ impl std::fmt::Debug for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
+        // An empty body hyper never polled is over all the same.
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.lease.release();
+        }
         if let Some(on_end) = self.on_end.take() {
             on_end.end(self.bytes, End::ClientGone);
         }
@@ -87,7 +94,14 @@ impl UpstreamBody {
             timer: None,
             bytes: 0,
             on_end,
+            lease: Lease::default(),
         }
+    }
+
+    /// Hands `lease`'s connection back to its pool when the body ends cleanly.
+    pub fn with_lease(mut self, lease: Lease) -> UpstreamBody {
+        self.lease = lease;
+        self
     }
 
     /// Attaches what must hear the end of the body.
@@ -96,6 +110,9 @@ impl UpstreamBody {
     }
 
     fn finish(&mut self, end: End) {
+        if matches!(end, End::Complete) {
+            self.lease.release();
+        }
         if let Some(on_end) = self.on_end.take() {
             on_end.end(self.bytes, end);
         }

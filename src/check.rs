@@ -267,7 +267,8 @@ async fn call_endpoint(
     let wait = config.timeouts.response.min(REQUEST_TIMEOUT) + config.timeouts.connect;
     let sent = tokio::time::timeout(wait, client.request(request)).await;
     let response = match sent {
-        Ok(Ok(response)) => response,
+        // The connection closes with the check: nothing to hand back.
+        Ok(Ok((response, _lease))) => response,
         Ok(Err(e)) => {
             check.elapsed_ms = millis(started.elapsed());
             let host = host_port(endpoint);

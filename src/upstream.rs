@@ -2,19 +2,278 @@
 //! through ALPN, HTTP/1.1 otherwise (and for plain-http loopback endpoints).
 
 use crate::body::Body;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, header};
 use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tower::ServiceExt;
 
-/// The pooled HTTP client keyless sends every upstream request through.
-pub type Client = HyperClient<HttpsConnector<HttpConnector>, Body>;
+/// Azure closes idle connections after about four minutes; keyless drops its own before.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The client keyless sends every upstream request through: one a worker, with a pool per
+/// endpoint of idle HTTP/1.1 connections (reused most recent first) and one shared
+/// HTTP/2 connection when Azure offers HTTP/2 through ALPN.
+///
+/// It is built on hyper's connection-level API rather than hyper-util's general client:
+/// keyless knows its few endpoints and runs each worker on one thread, so checking a
+/// connection out is a short list scan, and a request costs no boxed multi-kilobyte
+/// future, no connect future, no pool-key hashing and no extra task to return the
+/// connection (the response body hands it back through its [`Lease`] when it ends).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: HttpsConnector<HttpConnector>,
+    pools: Mutex<Vec<Arc<Pool>>>,
+}
+
+/// The connections to one endpoint.
+struct Pool {
+    scheme: Scheme,
+    authority: Authority,
+    /// The `Host` header of HTTP/1.1 requests, made once.
+    host: HeaderValue,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Idle HTTP/1.1 connections, the most recently used last.
+    idle: Vec<(http1::SendRequest<Body>, Instant)>,
+    /// The HTTP/2 connection every request shares, once Azure chose HTTP/2.
+    h2: Option<http2::SendRequest<Body>>,
+}
+
+/// Why a request got no response head.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection: DNS, TCP, TLS (an untrusted certificate lands here).
+    #[error("cannot connect to {authority}")]
+    Connect {
+        /// Where to.
+        authority: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The connection failed while the request was sent or its head awaited.
+    #[error("the connection to Azure failed")]
+    Http(#[source] hyper::Error),
+    /// The request's URI has no scheme or host.
+    #[error("the upstream URI {0} is not absolute")]
+    NotAbsolute(Uri),
+}
+
+/// An HTTP/1.1 connection lent to one response: handed back to the pool when the body
+/// was read to its end, closed when it is dropped before (hyper cannot reuse it then).
+#[derive(Default)]
+pub struct Lease(Option<(Arc<Pool>, http1::SendRequest<Body>)>);
+
+impl Lease {
+    /// The body ended cleanly: the connection can carry the next request.
+    pub fn release(&mut self) {
+        if let Some((pool, sender)) = self.0.take() {
+            pool.lock().idle.push((sender, Instant::now()));
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Lease").field(&self.0.is_some()).finish()
+    }
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // A panic elsewhere cannot leave the lists half-changed: every change is one push,
+        // pop or assignment.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shared HTTP/2 connection while it is open.
+    fn h2(&self) -> Option<http2::SendRequest<Body>> {
+        let mut state = self.lock();
+        match &state.h2 {
+            Some(h2) if !h2.is_closed() => Some(h2.clone()),
+            Some(_) => {
+                state.h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The most recently used idle connection that has not idled too long.
+    fn idle(&self) -> Option<http1::SendRequest<Body>> {
+        let mut state = self.lock();
+        while let Some((sender, since)) = state.idle.pop() {
+            if since.elapsed() > IDLE_TIMEOUT {
+                // The rest are older still.
+                state.idle.clear();
+                return None;
+            }
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+}
+
+impl Client {
+    /// Sends `request` (its URI absolute) and returns the response head, with the lease of
+    /// its HTTP/1.1 connection for the body to hand back.
+    pub async fn request(
+        &self,
+        mut request: Request<Body>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let pool = self.pool(request.uri())?;
+        if let Some(mut h2) = pool.h2() {
+            match h2.try_send_request(request).await {
+                Ok(response) => return Ok((response, Lease::default())),
+                // Never sent (Azure is closing that connection): a new one below.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+        while let Some(mut sender) = pool.idle() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            origin_form(&mut request, &pool.host);
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, Lease(Some((pool, sender))))),
+                // Never written (the connection closed as it was picked): try another.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+        self.connect_and_send(pool, request).await
+    }
+
+    async fn connect_and_send(
+        &self,
+        pool: Arc<Pool>,
+        mut request: Request<Body>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        let connect_error = |source: Box<dyn std::error::Error + Send + Sync>| SendError::Connect {
+            authority: pool.authority.to_string(),
+            source,
+        };
+        let io = self
+            .inner
+            .connector
+            .clone()
+            .oneshot(request.uri().clone())
+            .await
+            .map_err(connect_error)?;
+        if io.connected().is_negotiated_h2() {
+            let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(false)
+                .handshake(io)
+                .await
+                .map_err(|e| connect_error(e.into()))?;
+            spawn_connection(connection);
+            pool.lock().h2 = Some(sender.clone());
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(SendError::Http)?;
+            return Ok((response, Lease::default()));
+        }
+        let (mut sender, connection) = http1::handshake(io)
+            .await
+            .map_err(|e| connect_error(e.into()))?;
+        spawn_connection(connection);
+        origin_form(&mut request, &pool.host);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(SendError::Http)?;
+        Ok((response, Lease(Some((pool, sender)))))
+    }
+
+    /// The pool of the request's endpoint, made on first use.
+    fn pool(&self, uri: &Uri) -> Result<Arc<Pool>, SendError> {
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(SendError::NotAbsolute(uri.clone()));
+        };
+        let mut pools = self
+            .inner
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(pool) = pools
+            .iter()
+            .find(|p| p.scheme == *scheme && p.authority == *authority)
+        {
+            return Ok(pool.clone());
+        }
+        // The port only when it is not the scheme's own, as browsers and hyper-util do.
+        let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_owned(),
+        };
+        let host = HeaderValue::from_maybe_shared(bytes::Bytes::from(host))
+            .map_err(|_| SendError::NotAbsolute(uri.clone()))?;
+        let pool = Arc::new(Pool {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            host,
+            state: Mutex::default(),
+        });
+        pools.push(pool.clone());
+        Ok(pool)
+    }
+}
+
+/// HTTP/1.1 wants `/path?query` on the request line and the endpoint in `Host`; the
+/// request keeps its absolute URI until a connection is chosen, as HTTP/2 needs it.
+fn origin_form(request: &mut Request<Body>, host: &HeaderValue) {
+    if request.uri().scheme().is_some() {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(path);
+    }
+    request
+        .headers_mut()
+        .entry(header::HOST)
+        .or_insert_with(|| host.clone());
+}
+
+/// Runs a connection on this worker's runtime; it ends when the connection closes.
+fn spawn_connection<F>(connection: F)
+where
+    F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+}
 
 /// Builds the upstream client, trusting `ca_file`'s certificates besides the usual roots.
 pub fn client(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Client, String> {
@@ -22,7 +281,7 @@ pub fn client(connect_timeout: Duration, ca_file: Option<&Path>) -> Result<Clien
 }
 
 /// Builds an upstream client over `tls` (from [`tls_config`]): one a worker, each with
-/// its own pool, from one TLS configuration read once.
+/// its own pools, from one TLS configuration read once.
 pub fn client_with(connect_timeout: Duration, tls: rustls::ClientConfig) -> Client {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -30,22 +289,17 @@ pub fn client_with(connect_timeout: Duration, tls: rustls::ClientConfig) -> Clie
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
 
-    let https = HttpsConnectorBuilder::new()
+    let connector = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
-
-    HyperClient::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        // Azure closes idle connections after ~4 minutes; drop ours before that. No cap
-        // on idle connections: after a wave of streams, the next wave reuses them rather
-        // than paying a TLS handshake each; the idle timeout bounds what is kept.
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .http2_keep_alive_while_idle(false)
-        .build(https)
+    Client {
+        inner: Arc::new(Inner {
+            connector,
+            pools: Mutex::default(),
+        }),
+    }
 }
 
 /// rustls with the platform's roots when it has any (corporate proxies add theirs there),
@@ -85,5 +339,170 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String
         .with_no_client_auth())
 }
 
-/// The type of a response from upstream.
-pub type UpstreamResponse = http::Response<Incoming>;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A raw HTTP/1.1 server on loopback: answers each request with `reply(n)` (n counts
+    /// the server's requests from 0), then closes the connection if the reply says so by
+    /// returning `true`. Counts connections.
+    async fn server(
+        reply: impl Fn(usize) -> (&'static [u8], bool) + Send + Sync + 'static,
+    ) -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri: Uri = format!("http://{}/x", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        let reply = Arc::new(reply);
+        let requests = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let reply = reply.clone();
+                let requests = requests.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        // Every test request is one small read: a head with no body.
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        let (bytes, close) = reply(requests.fetch_add(1, Ordering::SeqCst));
+                        if stream.write_all(bytes).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (uri, connections)
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    fn get(uri: &Uri) -> Request<Body> {
+        Request::get(uri.clone()).body(Body::empty()).unwrap()
+    }
+
+    fn test_client() -> Client {
+        client_with(Duration::from_secs(5), tls_config(None).unwrap())
+    }
+
+    /// Reads the body to its end and hands the connection back, as `UpstreamBody` does.
+    async fn read_all(response: Response<Incoming>, mut lease: Lease) -> Bytes {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        lease.release();
+        body
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_reuse_one_connection() {
+        let (uri, connections) = server(|_| (OK, false)).await;
+        let client = test_client();
+        for _ in 0..3 {
+            let (response, lease) = client.request(get(&uri)).await.unwrap();
+            assert_eq!(read_all(response, lease).await, "ok");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_get_a_connection_each_and_both_are_reused() {
+        let (uri, connections) = server(|_| (OK, false)).await;
+        let client = test_client();
+        for _ in 0..2 {
+            let (a, b) = tokio::join!(client.request(get(&uri)), client.request(get(&uri)));
+            let ((ra, la), (rb, lb)) = (a.unwrap(), b.unwrap());
+            assert_eq!(read_all(ra, la).await, "ok");
+            assert_eq!(read_all(rb, lb).await, "ok");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_does_not_return_its_connection() {
+        // The first answer promises ten bytes and sends two: its body never ends.
+        let (uri, connections) = server(|n| match n {
+            0 => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok", false),
+            _ => (OK, false),
+        })
+        .await;
+        let client = test_client();
+        let (response, lease) = client.request(get(&uri)).await.unwrap();
+        drop((response, lease));
+        let (response, lease) = client.request(get(&uri)).await.unwrap();
+        assert_eq!(read_all(response, lease).await, "ok");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_server_closed_is_skipped() {
+        // Azure closing an idle connection without saying so beforehand.
+        let (uri, connections) = server(|_| (OK, true)).await;
+        let client = test_client();
+        let (response, lease) = client.request(get(&uri)).await.unwrap();
+        assert_eq!(read_all(response, lease).await, "ok");
+        // Let the connection task see the close.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (response, lease) = client.request(get(&uri)).await.unwrap();
+        assert_eq!(read_all(response, lease).await, "ok");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn http1_requests_carry_origin_form_and_host() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let head = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = stream.read(&mut buf).await.unwrap();
+            stream.write_all(OK).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let uri: Uri = format!("http://{addr}/openai/v1/chat?a=1").parse().unwrap();
+        let (response, lease) = test_client().request(get(&uri)).await.unwrap();
+        read_all(response, lease).await;
+        let head = head.await.unwrap().to_lowercase();
+        assert!(
+            head.starts_with("get /openai/v1/chat?a=1 http/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("host: {addr}\r\n")), "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_relative_uri_is_refused_and_an_unreachable_host_is_a_connect_error() {
+        let client = test_client();
+        let relative = Request::get("/x").body(Body::empty()).unwrap();
+        assert!(matches!(
+            client.request(relative).await,
+            Err(SendError::NotAbsolute(_))
+        ));
+        // A port nothing listens on.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri: Uri = format!("http://{}/x", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        drop(listener);
+        match client.request(get(&uri)).await {
+            Err(SendError::Connect { source, .. }) => {
+                let text = crate::error::chain_text(source.as_ref());
+                assert!(text.to_lowercase().contains("refused"), "{text}");
+            }
+            other => panic!(
+                "expected a connect error, got {:?}",
+                other.map(|r| r.0.status())
+            ),
+        }
+    }
+}
