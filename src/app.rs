@@ -25,7 +25,9 @@ use crate::route::{self, Inbound, Op};
 use crate::telemetry::{BackendLabels, LimitLabels, RequestLog, RetryLabels, Telemetry};
 use crate::upstream::{Client, Lease};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -114,14 +116,16 @@ impl App {
         let started = Instant::now();
         self.telemetry.in_flight.inc();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let inbound = route::classify(&path);
+        // A clone shares the bytes hyper read: no copy of the path.
+        let uri = req.uri().clone();
+        let path = uri.path();
+        let inbound = route::classify(path);
         let route = route::label(&inbound);
         let (request_id, from_client) = request_id(req.headers_mut());
         let mut outcome = Outcome::default();
         let result = match listener {
             Listener::Main => self.dispatch(inbound, req, &mut outcome).await,
-            Listener::Admin => self.admin(&inbound, req.method(), &path),
+            Listener::Admin => self.admin(&inbound, req.method(), path),
         };
         let mut response = match result {
             Ok(response) => response,
@@ -132,21 +136,19 @@ impl App {
         };
         let headers = response.headers_mut();
         if outcome.attempts > 0 {
-            headers.insert("x-keyless-attempts", HeaderValue::from(outcome.attempts));
+            headers.insert(X_KEYLESS_ATTEMPTS, attempts_value(outcome.attempts));
             if let Some(name) = outcome
                 .backend
                 .as_deref()
                 .and_then(|n| HeaderValue::from_str(n).ok())
             {
-                headers.insert("x-keyless-backend", name);
+                headers.insert(X_KEYLESS_BACKEND, name);
             }
         }
         // A client that sent an id gets it back; otherwise Azure's own passes through,
         // and keyless's when Azure sent none. Azure's id is always in `apim-request-id`.
-        if (from_client || !headers.contains_key(X_REQUEST_ID))
-            && let Ok(value) = HeaderValue::from_str(&request_id)
-        {
-            headers.insert(X_REQUEST_ID, value);
+        if from_client || !headers.contains_key(&X_REQUEST_ID) {
+            headers.insert(X_REQUEST_ID, request_id.clone());
         }
         let stream = headers
             .get(header::CONTENT_TYPE)
@@ -157,18 +159,14 @@ impl App {
         let log = RequestLog {
             telemetry: self.telemetry.clone(),
             method,
-            path,
+            uri,
             route,
             request_id,
             deployment: outcome.deployment,
             backend: outcome.backend,
             attempts: outcome.attempts,
             status: response.status().as_u16(),
-            upstream_request_id: response
-                .headers()
-                .get("apim-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            upstream_request_id: response.headers().get(APIM_REQUEST_ID).cloned(),
             started,
             stream,
             permit: outcome.permit,
@@ -543,7 +541,7 @@ impl App {
             },
             (None, None) => return Err(Error::BadRequest("nothing to forward".into())),
         };
-        endpoint.uri(&pq)
+        endpoint.uri(pq)
     }
 
     /// Azure's answer, on its way to the client.
@@ -626,7 +624,19 @@ impl App {
     }
 }
 
-const X_REQUEST_ID: &str = "x-request-id";
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_KEYLESS_ATTEMPTS: HeaderName = HeaderName::from_static("x-keyless-attempts");
+const X_KEYLESS_BACKEND: HeaderName = HeaderName::from_static("x-keyless-backend");
+const APIM_REQUEST_ID: HeaderName = HeaderName::from_static("apim-request-id");
+
+/// `x-keyless-attempts`: the usual counts without formatting or allocating.
+fn attempts_value(attempts: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(attempts as usize) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(attempts),
+    }
+}
 
 /// The deployment named by an Azure-style path `/openai/deployments/{d}/...`, decoded.
 fn azure_deployment(path: &str) -> Option<String> {
@@ -640,18 +650,23 @@ fn azure_deployment(path: &str) -> Option<String> {
 
 /// The request's id and whether the client sent it: the client's `x-request-id` when it
 /// is a sane one, else a new one, set on the request so that Azure sees it too.
-fn request_id(headers: &mut HeaderMap) -> (String, bool) {
+/// The request's id: the client's `x-request-id` when it sent a usable one (`true`), else
+/// a new random one, set on the request so that Azure sees it too.
+fn request_id(headers: &mut HeaderMap) -> (HeaderValue, bool) {
     if let Some(id) = headers
-        .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .get(&X_REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
     {
-        return (id.to_owned(), true);
+        return (id.clone(), true);
     }
-    let id = format!("{:032x}", rand::random::<u128>());
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        headers.insert(X_REQUEST_ID, value);
+    let mut hex = [0u8; 32];
+    let random = rand::random::<u128>();
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((random >> (124 - 4 * i)) & 0xf) as usize];
     }
+    let id = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&hex))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"));
+    headers.insert(X_REQUEST_ID, id.clone());
     (id, false)
 }
 

@@ -42,9 +42,9 @@ impl Endpoint {
         })
     }
 
-    /// The URI of `path_and_query` on this endpoint.
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, Error> {
-        let pq = PathAndQuery::try_from(path_and_query)
+    /// The URI of `path_and_query` on this endpoint (its bytes are taken, not copied).
+    pub fn uri(&self, path_and_query: String) -> Result<Uri, Error> {
+        let pq = PathAndQuery::from_maybe_shared(bytes::Bytes::from(path_and_query))
             .map_err(|e| Error::BadRequest(format!("cannot build the upstream path: {e}")))?;
         Uri::builder()
             .scheme(self.scheme.clone())

@@ -7,6 +7,7 @@
 //! in place, so the upload itself is never re-encoded.
 
 use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -60,7 +61,8 @@ fn model_span<'a>(
     if !text.starts_with('"') {
         return Ok(None);
     }
-    let name: Cow<'_, str> = serde_json::from_str(text)?;
+    // Borrowed unless the name has escapes (serde's own `Cow<str>` always copies).
+    let name = serde_json::from_str::<Str<'_>>(text)?.0;
     // The raw value borrows from `body`, so its offset is a pointer difference.
     let start = text.as_ptr() as usize - body.as_ptr() as usize;
     Ok(Some(JsonModel {
@@ -107,8 +109,8 @@ impl<'de> Visitor<'de> for TopLevel {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut model = None;
         let mut max_tokens = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match &*key {
+        while let Some(key) = map.next_key::<Str<'de>>()? {
+            match &*key.0 {
                 "model" => {
                     if model.is_some() {
                         return Err(de::Error::custom("duplicate field `model`"));
@@ -149,6 +151,35 @@ impl<'de> Visitor<'de> for TopLevel {
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok((None, None))
+    }
+}
+
+/// A JSON string borrowed from the body when it has no escapes, owned otherwise: reading
+/// the keys of a request costs no allocation.
+struct Str<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Str<'de> {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_str(StrVisitor)
+    }
+}
+
+struct StrVisitor;
+
+impl<'de> Visitor<'de> for StrVisitor {
+    type Value = Str<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Str(Cow::Owned(v)))
     }
 }
 
@@ -263,6 +294,16 @@ mod tests {
         assert_eq!(m.name, "a\"bA");
         let out = splice_json_string(body, m.span, "q\"d");
         assert_eq!(&out[..], br#"{ "model" : "q\"d" }"#);
+    }
+
+    #[test]
+    fn a_key_written_with_escapes_is_still_model_and_a_plain_name_is_borrowed() {
+        let body = br#"{"mod\u0065l":"gpt-4o","max_tok\u0065ns":7}"#;
+        let fields = read_json(body).unwrap();
+        assert_eq!(fields.model.unwrap().name, "gpt-4o");
+        assert_eq!(fields.max_tokens, Some(7));
+        let plain = find_json_model(br#"{"model":"gpt-4o"}"#).unwrap().unwrap();
+        assert!(matches!(plain.name, Cow::Borrowed("gpt-4o")));
     }
 
     #[test]

@@ -228,12 +228,12 @@ pub struct RequestLog {
     pub telemetry: Arc<Telemetry>,
     /// Request method.
     pub method: Method,
-    /// Request path (never the query).
-    pub path: String,
+    /// Request URI (only its path is logged, never the query).
+    pub uri: http::Uri,
     /// Route label.
     pub route: &'static str,
-    /// `x-request-id`, received or made.
-    pub request_id: String,
+    /// `x-request-id`, received or made (visible ASCII).
+    pub request_id: http::HeaderValue,
     /// Deployment used.
     pub deployment: Option<Arc<str>>,
     /// Backend used.
@@ -243,7 +243,7 @@ pub struct RequestLog {
     /// Status sent to the client.
     pub status: u16,
     /// Azure's `apim-request-id`.
-    pub upstream_request_id: Option<String>,
+    pub upstream_request_id: Option<http::HeaderValue>,
     /// When the request arrived.
     pub started: Instant,
     /// Whether this is an SSE stream (counted in `open_streams`).
@@ -286,21 +286,27 @@ impl RequestLog {
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
         let deployment = self.deployment.as_deref().unwrap_or("-");
         let backend = self.backend.as_deref().unwrap_or("-");
-        let upstream_request_id = self.upstream_request_id.as_deref().unwrap_or("-");
+        let upstream_request_id = self
+            .upstream_request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let request_id = self.request_id.to_str().unwrap_or("-");
+        let path = self.uri.path();
         if matches!(self.route, "healthz" | "readyz" | "metrics") {
             tracing::debug!(method = %self.method, route = self.route, status = self.status, duration_ms, "probe");
         } else if matches!(end, End::Failed(_)) {
             tracing::warn!(
-                method = %self.method, route = self.route, path = %self.path, deployment, backend,
+                method = %self.method, route = self.route, path, deployment, backend,
                 attempts = self.attempts, status = self.status, duration_ms, bytes,
-                request_id = %self.request_id, upstream_request_id, outcome, error,
+                request_id, upstream_request_id, outcome, error,
                 "request"
             );
         } else {
             tracing::info!(
-                method = %self.method, route = self.route, path = %self.path, deployment, backend,
+                method = %self.method, route = self.route, path, deployment, backend,
                 attempts = self.attempts, status = self.status, duration_ms, bytes,
-                request_id = %self.request_id, upstream_request_id, outcome,
+                request_id, upstream_request_id, outcome,
                 "request"
             );
         }
