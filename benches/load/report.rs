@@ -507,8 +507,8 @@ fn streams(out: &mut String, results: &Results) {
          waits behind it. keyless holds two descriptors a stream, so it hits this twice as \
          early as the simulator does.\n\
          - *burst*: all started at the same instant, once a row. *Listen overflows* counts \
-         connections the kernel dropped because a listener's accept queue (1,024, tokio's \
-         default backlog) was full, keyless's or the simulator's; each costs its client a SYN \
+         connections the kernel dropped because a listener's accept queue (both ask for 4,096, \
+         capped by `net.core.somaxconn`) was full, keyless's or the simulator's; each costs its client a SYN \
          retransmission, one second, which is what a burst's TTFB tail is made of.\n\
          - TTFB runs from before connect to the first body byte; a gap is the time between two \
          consecutive events of a stream as the client reads them.\n",
@@ -635,7 +635,8 @@ fn method(out: &mut String, results: &Results) {
          - keyless: `keyless serve --endpoint http://<simulator> --credential managed-identity` \
          with `IDENTITY_ENDPOINT`/`IDENTITY_HEADER` pointing at the simulator; \
          `KEYLESS_LOG=warn`, so the per-request info line is not written (it is on by default); \
-         tokio's default of one worker thread a core.\n\
+         `--workers` at its default, one a core: each worker thread runs its own single-threaded \
+         tokio runtime and upstream pool, and an acceptor hands it connections.\n\
          - nginx: `worker_processes {}` (one a core, as keyless's threads), an upstream \
          `keepalive 256` pool, `proxy_http_version 1.1`, `proxy_set_header Connection \"\"`, \
          `proxy_buffering off`, `access_log off`, `keepalive_requests 1000000` on both sides, and \
