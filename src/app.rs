@@ -116,16 +116,19 @@ impl App {
         let started = Instant::now();
         self.telemetry.in_flight.inc();
         let method = req.method().clone();
-        // A clone shares the bytes hyper read: no copy of the path.
-        let uri = req.uri().clone();
-        let path = uri.path();
-        let inbound = route::classify(path);
+        // Copied, not shared: a `Bytes` slice of what hyper read would keep its whole read
+        // buffer (8 KB and more) alive for as long as the log record, a stream's lifetime.
+        let path = req.uri().path().to_owned();
+        let inbound = route::classify(&path);
         let route = route::label(&inbound);
         let (request_id, from_client) = request_id(req.headers_mut());
         let mut outcome = Outcome::default();
         let result = match listener {
-            Listener::Main => self.dispatch(inbound, req, &mut outcome).await,
-            Listener::Admin => self.admin(&inbound, req.method(), path),
+            // Boxed: hyper keeps room for this future in every connection for the
+            // connection's life; the proxying's kilobytes of state are needed only until
+            // the response head, not while a stream flows or a connection idles.
+            Listener::Main => Box::pin(self.dispatch(inbound, req, &mut outcome)).await,
+            Listener::Admin => self.admin(&inbound, req.method(), &path),
         };
         let mut response = match result {
             Ok(response) => response,
@@ -159,14 +162,19 @@ impl App {
         let log = RequestLog {
             telemetry: self.telemetry.clone(),
             method,
-            uri,
+            path,
             route,
             request_id,
             deployment: outcome.deployment,
             backend: outcome.backend,
             attempts: outcome.attempts,
             status: response.status().as_u16(),
-            upstream_request_id: response.headers().get(APIM_REQUEST_ID).cloned(),
+            // Copied, like the path: Azure's response head shares its read buffer.
+            upstream_request_id: response
+                .headers()
+                .get(APIM_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             started,
             stream,
             permit: outcome.permit,
@@ -657,7 +665,9 @@ fn request_id(headers: &mut HeaderMap) -> (HeaderValue, bool) {
         .get(&X_REQUEST_ID)
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
     {
-        return (id.clone(), true);
+        // A copy, like the path: the client's header shares hyper's read buffer.
+        let copy = HeaderValue::from_bytes(id.as_bytes()).unwrap_or_else(|_| id.clone());
+        return (copy, true);
     }
     let mut hex = [0u8; 32];
     let random = rand::random::<u128>();

@@ -228,8 +228,8 @@ pub struct RequestLog {
     pub telemetry: Arc<Telemetry>,
     /// Request method.
     pub method: Method,
-    /// Request URI (only its path is logged, never the query).
-    pub uri: http::Uri,
+    /// Request path (never the query).
+    pub path: String,
     /// Route label.
     pub route: &'static str,
     /// `x-request-id`, received or made (visible ASCII).
@@ -243,7 +243,7 @@ pub struct RequestLog {
     /// Status sent to the client.
     pub status: u16,
     /// Azure's `apim-request-id`.
-    pub upstream_request_id: Option<http::HeaderValue>,
+    pub upstream_request_id: Option<String>,
     /// When the request arrived.
     pub started: Instant,
     /// Whether this is an SSE stream (counted in `open_streams`).
@@ -286,13 +286,9 @@ impl RequestLog {
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
         let deployment = self.deployment.as_deref().unwrap_or("-");
         let backend = self.backend.as_deref().unwrap_or("-");
-        let upstream_request_id = self
-            .upstream_request_id
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
+        let upstream_request_id = self.upstream_request_id.as_deref().unwrap_or("-");
         let request_id = self.request_id.to_str().unwrap_or("-");
-        let path = self.uri.path();
+        let path = self.path.as_str();
         if matches!(self.route, "healthz" | "readyz" | "metrics") {
             tracing::debug!(method = %self.method, route = self.route, status = self.status, duration_ms, "probe");
         } else if matches!(end, End::Failed(_)) {

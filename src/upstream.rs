@@ -164,7 +164,9 @@ impl Client {
                 },
             }
         }
-        self.connect_and_send(pool, request).await
+        // Boxed: connecting (TCP, TLS, handshake) takes kilobytes of future state, which
+        // would otherwise sit in every request's future, each stream's included.
+        Box::pin(self.connect_and_send(pool, request)).await
     }
 
     async fn connect_and_send(
@@ -199,7 +201,12 @@ impl Client {
                 .map_err(SendError::Http)?;
             return Ok((response, Lease::default()));
         }
-        let (mut sender, connection) = http1::handshake(io)
+        let (mut sender, connection) = http1::Builder::new()
+            // hyper's adaptive buffer grows to 16 KB and more on a connection that once
+            // read a large answer, and an idle pooled connection keeps it. SSE frames are
+            // small and large answers stream through 8 KB reads as well.
+            .read_buf_exact_size(Some(8192))
+            .handshake(io)
             .await
             .map_err(|e| connect_error(e.into()))?;
         spawn_connection(connection);
