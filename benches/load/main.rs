@@ -5,17 +5,20 @@
 //! keyless and nginx on ephemeral ports, then measure in rounds whose rows are rotated
 //! (direct, nginx, keyless; nginx, keyless, direct; ...) so drift of the machine spreads
 //! over all three; report medians. Then 1,000 SSE streams held open at once, direct and
-//! through a fresh keyless. Prints a markdown table and writes it to `BENCHMARKS.md` with
-//! `benches/latency.svg`; `--smoke` (or `KEYLESS_BENCH_SMOKE=1`) does the same in seconds
-//! and writes under `target/load-smoke/` instead, leaving the committed figures alone.
+//! through a fresh keyless. With perf, heaptrack and valgrind present (none is required),
+//! also where each proxy's CPU goes, keyless's heap at its peak, and the user-space
+//! instructions a request costs each proxy (callgrind: the figure noise does not move).
+//! Prints a markdown table and writes it to `BENCHMARKS.md` with `benches/latency.svg`;
+//! `--smoke` (or `KEYLESS_BENCH_SMOKE=1`) does the same in seconds and writes under
+//! `target/load-smoke/` instead, leaving the committed figures alone.
 //!
 //! Why a Rust bench binary rather than a shell script: `cargo bench` builds the release
 //! binary it measures (`CARGO_BIN_EXE_keyless`), the stream client must be light enough not
 //! to compete with the proxy for the two cores (a Python asyncio client of 1,000 streams
 //! would), and the statistics, table and chart stay in one typed program.
 //!
-//! Flags after `--`: `--smoke`, `--no-profile` (skip perf and heaptrack), `--no-install`
-//! (fail instead of running apt-get). Environment: `KEYLESS_BENCH_ROUNDS`,
+//! Flags after `--`: `--smoke`, `--no-profile` (skip perf, heaptrack and callgrind),
+//! `--no-install` (fail instead of running apt-get). Environment: `KEYLESS_BENCH_ROUNDS`,
 //! `KEYLESS_BENCH_SECONDS` (rounds and seconds a row), `KEYLESS_BENCH_RAMP_MS` (paced
 //! streams' start window), `KEYLESS_BENCH_DUMP=DIR` (each stream's start and TTFB as CSV).
 //! `CARGO_PROFILE_BENCH_STRIP=false` keeps keyless's symbols for the profiles.
@@ -28,6 +31,7 @@
 
 mod env;
 mod heap;
+mod instructions;
 mod procs;
 mod profile;
 mod report;
@@ -238,6 +242,8 @@ pub struct Results {
     pub heap: Option<heap::HeapProfile>,
     /// perf profiles of nginx and keyless at the first connection count.
     pub profiles: Vec<(Row, profile::Profile)>,
+    /// User-space instructions a request of nginx and keyless (callgrind).
+    pub instructions: Vec<(Row, instructions::Count)>,
     /// Problems that invalidate figures (errors answered, servers failing).
     pub problems: Vec<String>,
     /// Share of the machine busy just before the run started.
@@ -360,8 +366,14 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
     let (mut keyless, keyless_addr) =
         start_keyless(&keyless_bin, sim_addr, &secret, log("keyless"))?;
     let nginx_workers = machine.cores.max(1);
-    let (mut nginx, nginx_addr) =
-        start_nginx(&tools.nginx, dir.path(), sim_addr, &bearer, nginx_workers)?;
+    let (mut nginx, nginx_addr) = start_nginx(
+        &tools.nginx,
+        dir.path(),
+        sim_addr,
+        &bearer,
+        nginx_workers,
+        None,
+    )?;
 
     let targets = [
         Target {
@@ -534,6 +546,71 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
     drop(targets);
     nginx.stop();
     keyless.stop();
+
+    // Instructions a request, each proxy alone under callgrind.
+    let mut instructions = Vec::new();
+    let callgrind = procs::which("valgrind").zip(procs::which("callgrind_annotate"));
+    if let (Some((valgrind, annotate)), Some(_)) = (callgrind, plan.profile) {
+        let under = |out: &Path| {
+            let args = vec![
+                "--tool=callgrind".to_owned(),
+                format!("--callgrind-out-file={}", out.display()),
+            ];
+            (valgrind.as_path(), args)
+        };
+        let json = [("content-type", "application/json")];
+        let body = wrk::CHAT_BODY.as_bytes();
+        let keyless_count = instructions::count(
+            &annotate,
+            dir.path(),
+            "keyless",
+            |out| {
+                let (mut proc, addr) = start_keyless_under(
+                    Some(under(out)),
+                    &keyless_bin,
+                    sim_addr,
+                    &secret,
+                    log("keyless-callgrind"),
+                    &["--workers", "1"],
+                )?;
+                Ok(instructions::Started {
+                    addr,
+                    stop: Box::new(move || proc.stop()),
+                })
+            },
+            "/v1/chat/completions",
+            &json,
+            body,
+        );
+        let nginx_count = instructions::count(
+            &annotate,
+            dir.path(),
+            "nginx",
+            |out| {
+                let (mut proc, addr) = start_nginx(
+                    &tools.nginx,
+                    dir.path(),
+                    sim_addr,
+                    &bearer,
+                    1,
+                    Some(under(out)),
+                )?;
+                Ok(instructions::Started {
+                    addr,
+                    stop: Box::new(move || proc.stop()),
+                })
+            },
+            "/v1/chat/completions",
+            &json,
+            body,
+        );
+        for (row, count) in [(Row::Nginx, nginx_count), (Row::Keyless, keyless_count)] {
+            match count {
+                Ok(c) => instructions.push((row, c)),
+                Err(e) => println!("load bench: no instruction count of {}: {e}", row.name()),
+            }
+        }
+    }
     let (mut stream_keyless, stream_addr) =
         start_keyless(&keyless_bin, sim_addr, &secret, log("keyless-streams"))?;
     let stream_pid = stream_keyless.pid();
@@ -710,6 +787,7 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
         streams: stream_cells,
         stream_idle_kib,
         profiles,
+        instructions,
         heap,
         problems,
         busy_at_start,
@@ -774,16 +852,18 @@ fn start_keyless(
     secret: &str,
     log: PathBuf,
 ) -> Result<(Proc, SocketAddr), Error> {
-    start_keyless_under(None, bin, sim, secret, log)
+    start_keyless_under(None, bin, sim, secret, log, &[])
 }
 
-/// keyless, or keyless run by `wrapper` (`heaptrack -o FILE`), which passes its stdout on.
+/// keyless with `extra` arguments, or keyless run by `wrapper` (`heaptrack -o FILE`),
+/// which passes its stdout on.
 fn start_keyless_under(
     wrapper: Option<(&Path, Vec<String>)>,
     bin: &Path,
     sim: SocketAddr,
     secret: &str,
     log: PathBuf,
+    extra: &[&str],
 ) -> Result<(Proc, SocketAddr), Error> {
     let mut args = strings(&[
         "serve",
@@ -794,6 +874,7 @@ fn start_keyless_under(
         "--credential",
         "managed-identity",
     ]);
+    args.extend(strings(extra));
     let program = match wrapper {
         Some((program, mut before)) => {
             before.push(bin.display().to_string());
@@ -835,8 +916,14 @@ fn heap_profile(
 ) -> Result<heap::HeapProfile, Error> {
     let data = dir.join("heaptrack.keyless");
     let wrapper = (heaptrack, vec!["-o".to_owned(), data.display().to_string()]);
-    let (proc, addr) =
-        start_keyless_under(Some(wrapper), bin, sim, secret, dir.join("heaptrack.log"))?;
+    let (proc, addr) = start_keyless_under(
+        Some(wrapper),
+        bin,
+        sim,
+        secret,
+        dir.join("heaptrack.log"),
+        &[],
+    )?;
     let outcome = streams::run(&streams::Spec {
         addr,
         ..spec.clone()
@@ -856,21 +943,29 @@ fn heap_profile(
 
 /// nginx as the reference reverse proxy: the same route keyless serves, a static bearer
 /// in place of the Entra token it cannot get, a keepalive pool, nothing buffered, no logs.
+/// Run by `wrapper` (callgrind), it is one process: no master, one worker's work.
 fn start_nginx(
     bin: &Path,
     dir: &Path,
     sim: SocketAddr,
     bearer: &str,
     workers: usize,
+    wrapper: Option<(&Path, Vec<String>)>,
 ) -> Result<(Proc, SocketAddr), Error> {
-    let prefix = dir.join("nginx");
+    let prefix = dir.join(if wrapper.is_some() {
+        "nginx-wrapped"
+    } else {
+        "nginx"
+    });
     std::fs::create_dir_all(&prefix)?;
     let port = procs::free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let p = prefix.display();
+    let master = if wrapper.is_some() { "off" } else { "on" };
     let config = format!(
         r#"# Generated by `cargo bench --bench load`.
 worker_processes {workers};
+master_process {master};
 daemon off;
 pid {p}/nginx.pid;
 error_log {p}/error.log warn;
@@ -905,19 +1000,29 @@ http {{
     );
     let conf = prefix.join("nginx.conf");
     std::fs::write(&conf, config)?;
+    let mut args = vec![
+        "-p".into(),
+        prefix.display().to_string(),
+        "-e".into(),
+        prefix.join("error.log").display().to_string(),
+        "-c".into(),
+        conf.display().to_string(),
+    ];
+    let program = match wrapper {
+        Some((program, mut before)) => {
+            before.push(bin.display().to_string());
+            before.append(&mut args);
+            args = before;
+            program
+        }
+        None => bin,
+    };
     let (mut proc, _) = Spawn {
         name: "nginx",
-        program: bin,
-        args: vec![
-            "-p".into(),
-            prefix.display().to_string(),
-            "-e".into(),
-            prefix.join("error.log").display().to_string(),
-            "-c".into(),
-            conf.display().to_string(),
-        ],
+        program,
+        args,
         env: vec![],
-        log: dir.join("nginx.log"),
+        log: prefix.join("stderr.log"),
     }
     .start(false)?;
     let body = wrk::CHAT_BODY.as_bytes();

@@ -250,6 +250,7 @@ pub fn markdown(results: &Results, image: &str) -> String {
     );
     method(&mut out, results);
     profile(&mut out, results);
+    instructions(&mut out, results);
     out
 }
 
@@ -860,4 +861,83 @@ pub fn svg(results: &Results, path: &Path) -> Result<(), Error> {
     }
     root.present().map_err(|e| e.to_string())?;
     Ok(())
+}
+
+fn instructions(out: &mut String, results: &Results) {
+    let _ = writeln!(out, "## Instructions a request (callgrind)\n");
+    if results.instructions.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}\n",
+            if results.plan.smoke {
+                "Not counted in smoke mode."
+            } else {
+                "Not counted: valgrind is not installed (Debian's `valgrind`), or `--no-profile`."
+            }
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "User-space instructions a request costs each proxy, counted by callgrind (valgrind): \
+         unlike CPU time, the same from run to run, so a change's cost or saving shows here \
+         when the machine's noise hides it in the tables above. Each proxy ran alone as one \
+         process (keyless `--workers 1`, nginx `master_process off`) relaying {} and, in a \
+         second run, {} chat requests one after another on one keep-alive connection; the \
+         difference over the {} extra requests leaves start-up out. Not counted: the \
+         kernel's work (the larger share of both, per the perf profiles) and the time cache \
+         misses take.\n",
+        crate::instructions::FEW,
+        crate::instructions::MANY,
+        crate::instructions::MANY - crate::instructions::FEW,
+    );
+    let nginx = results
+        .instructions
+        .iter()
+        .find(|(row, _)| *row == Row::Nginx)
+        .map(|(_, c)| c.per_request);
+    let _ = writeln!(
+        out,
+        "| proxy | instructions a request | x nginx |\n|---|---:|---:|"
+    );
+    for (row, count) in &results.instructions {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            row.name(),
+            thousands(count.per_request),
+            nginx.map_or("-".into(), |n| format!("{:.2}", count.per_request / n))
+        );
+    }
+    out.push('\n');
+    for (row, count) in &results.instructions {
+        let _ = writeln!(
+            out,
+            "**{}**, by the crate of the function running (code inlined into a function \
+             counts as that function's):\n\n| where | instructions a request | share |\n|---|---:|---:|",
+            row.name()
+        );
+        let mut rest = 0.0;
+        for (i, (group, n)) in count.groups.iter().enumerate() {
+            if i >= 12 {
+                rest += n;
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "| {group} | {} | {:.1}% |",
+                thousands(*n),
+                100.0 * n / count.per_request
+            );
+        }
+        if rest > 0.0 {
+            let _ = writeln!(
+                out,
+                "| everything else | {} | {:.1}% |",
+                thousands(rest),
+                100.0 * rest / count.per_request
+            );
+        }
+        out.push('\n');
+    }
 }
