@@ -7,14 +7,10 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Client credentials meant for OpenAI or Azure keys: never forwarded, whatever their value.
-static CLIENT_CREDENTIALS: [HeaderName; 3] = [
-    header::AUTHORIZATION,
-    HeaderName::from_static("api-key"),
-    header::PROXY_AUTHORIZATION,
-];
-
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// The headers a proxy does not pass on. The first [`HOP_BY_HOP`] are hop-by-hop; the
+/// rest never go to Azure: client credentials meant for OpenAI or Azure keys (whatever
+/// their value) and `Host` (the client sets it from the upstream URI).
+static NOT_FORWARDED: [HeaderName; 11] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -22,25 +18,66 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    header::AUTHORIZATION,
+    HeaderName::from_static("api-key"),
+    header::PROXY_AUTHORIZATION,
+    header::HOST,
 ];
 
-/// Removes hop-by-hop headers, including those listed in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most requests carry no Connection header (HTTP/2 never does).
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or("")
-            .split(',')
+const HOP_BY_HOP: usize = 7;
+
+/// Where `name` is in [`NOT_FORWARDED`].
+fn not_forwarded(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "te" => 3,
+        "trailer" => 4,
+        "transfer-encoding" => 5,
+        "upgrade" => 6,
+        "authorization" => 7,
+        "api-key" => 8,
+        "proxy-authorization" => 9,
+        "host" => 10,
+        _ => return None,
+    })
+}
+
+/// Removes the first `count` headers of [`NOT_FORWARDED`], and those `Connection` names.
+///
+/// One pass over the names present finds them (most requests carry none but `Host`),
+/// and only those found are removed: a `remove` hashes its name, and trying all eleven
+/// on every request and response was a tenth of keyless's own instructions.
+fn remove_listed(headers: &mut HeaderMap, count: usize) {
+    let mut found = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = not_forwarded(name).filter(|&i| i < count) {
+            found |= 1 << i;
+        }
+    }
+    if found & 1 != 0 {
+        // `Connection` may name further hop-by-hop headers.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in NOT_FORWARDED[..count].iter().enumerate() {
+        if found & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
+}
+
+/// Removes hop-by-hop headers, including those listed in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    remove_listed(headers, HOP_BY_HOP);
 }
 
 /// Prepares a client's request headers for Azure: hop-by-hop and client credentials out,
@@ -49,11 +86,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `authorization` must already be marked sensitive, so that no `Debug` of the headers
 /// and no HTTP/2 HPACK table ever shows or indexes it.
 pub fn request_headers(headers: &mut HeaderMap, authorization: HeaderValue) {
-    strip_hop_by_hop(headers);
-    for name in &CLIENT_CREDENTIALS {
-        headers.remove(name);
-    }
-    headers.remove(header::HOST);
+    remove_listed(headers, NOT_FORWARDED.len());
     headers.insert(header::AUTHORIZATION, authorization);
 }
 
@@ -103,6 +136,10 @@ mod tests {
             ("te", "trailers"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x-checksum"),
+            ("connection", "x-also-private"),
+            ("x-also-private", "2"),
             ("x-stainless-retry-count", "0"),
             ("content-type", "application/json"),
             ("content-length", "12"),
@@ -120,6 +157,9 @@ mod tests {
             "te",
             "transfer-encoding",
             "upgrade",
+            "proxy-connection",
+            "trailer",
+            "x-also-private",
         ] {
             assert!(h.get(gone).is_none(), "{gone} should be removed");
         }
@@ -127,6 +167,15 @@ mod tests {
         assert_eq!(h.get("content-type").unwrap(), "application/json");
         assert_eq!(h.get("content-length").unwrap(), "12");
         assert_eq!(h.get_all("authorization").iter().count(), 1);
+        assert_eq!(h.len(), 4, "only what must go is gone: {h:?}");
+    }
+
+    #[test]
+    fn the_list_and_its_lookup_agree() {
+        for (i, name) in NOT_FORWARDED.iter().enumerate() {
+            assert_eq!(not_forwarded(name), Some(i), "{name}");
+        }
+        assert_eq!(not_forwarded(&header::CONTENT_TYPE), None);
     }
 
     #[test]
@@ -141,6 +190,8 @@ mod tests {
         response_headers(&mut h);
         assert_eq!(h.len(), 3);
         assert!(h.get("connection").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        assert_eq!(h.get("apim-request-id").unwrap(), "abc");
     }
 
     #[test]
