@@ -48,7 +48,8 @@ fn not_forwarded(name: &HeaderName) -> Option<usize> {
 ///
 /// One pass over the names present finds them (most requests carry none but `Host`),
 /// and only those found are removed: a `remove` hashes its name, and trying all eleven
-/// on every request and response was a tenth of keyless's own instructions.
+/// on every request and seven on every response cost about 1,500 instructions a request
+/// (callgrind; 2.6% of all keyless's user-space work).
 fn remove_listed(headers: &mut HeaderMap, count: usize) {
     let mut found = 0u16;
     for name in headers.keys() {
