@@ -16,7 +16,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::Error;
+use crate::procs::{self, Proc};
+use crate::{Error, wrk};
 
 /// Requests in the short run and in the long run.
 pub const FEW: usize = 200;
@@ -31,30 +32,21 @@ pub struct Count {
     pub groups: Vec<(String, f64)>,
 }
 
-/// A proxy started under callgrind, writing its counts to `out` when it exits.
-pub struct Started {
-    pub addr: SocketAddr,
-    /// Stops the proxy and waits for it to exit (callgrind writes `out` then).
-    pub stop: Box<dyn FnOnce()>,
-}
-
-/// Counts the instructions a request costs the proxy `start(out)` starts, `path` and
-/// `headers` being what a request through it carries.
+/// Counts the instructions a chat request (the one wrk sends) costs the proxy
+/// `start(out)` starts under callgrind, which writes its counts to `out` as it exits.
 pub fn count(
     annotate: &Path,
     dir: &Path,
     name: &str,
-    start: impl Fn(&Path) -> Result<Started, Error>,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
+    start: impl Fn(&Path) -> Result<(Proc, SocketAddr), Error>,
 ) -> Result<Count, Error> {
     let mut runs = Vec::new();
     for n in [FEW, MANY] {
         let out = dir.join(format!("callgrind-{name}-{n}.out"));
-        let proxy = start(&out)?;
-        let sent = sequential(proxy.addr, path, headers, body, n);
-        (proxy.stop)();
+        let (mut proxy, addr) = start(&out)?;
+        let sent = sequential(addr, n);
+        // callgrind writes the counts as the proxy exits.
+        proxy.stop();
         sent.map_err(|e| format!("{name} under callgrind, request failed: {e}"))?;
         runs.push(groups(annotate, &out)?);
     }
@@ -76,27 +68,19 @@ pub fn count(
     })
 }
 
-/// `n` POSTs one after another on one keep-alive connection, each answered 200.
-fn sequential(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    n: usize,
-) -> io::Result<()> {
+/// `n` chat requests one after another on one keep-alive connection, each answered 200.
+fn sequential(addr: SocketAddr, n: usize) -> io::Result<()> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     // callgrind runs code some fifty times slower than it is.
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n",
-        body.len()
+    let request = procs::request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        wrk::CHAT_BODY.as_bytes(),
+        false,
     );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut request = head.into_bytes();
-    request.extend_from_slice(body);
     let mut buf = Vec::with_capacity(16 * 1024);
     for _ in 0..n {
         stream.write_all(&request)?;

@@ -558,52 +558,26 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
             ];
             (valgrind.as_path(), args)
         };
-        let json = [("content-type", "application/json")];
-        let body = wrk::CHAT_BODY.as_bytes();
-        let keyless_count = instructions::count(
-            &annotate,
-            dir.path(),
-            "keyless",
-            |out| {
-                let (mut proc, addr) = start_keyless_under(
-                    Some(under(out)),
-                    &keyless_bin,
-                    sim_addr,
-                    &secret,
-                    log("keyless-callgrind"),
-                    &["--workers", "1"],
-                )?;
-                Ok(instructions::Started {
-                    addr,
-                    stop: Box::new(move || proc.stop()),
-                })
-            },
-            "/v1/chat/completions",
-            &json,
-            body,
-        );
-        let nginx_count = instructions::count(
-            &annotate,
-            dir.path(),
-            "nginx",
-            |out| {
-                let (mut proc, addr) = start_nginx(
-                    &tools.nginx,
-                    dir.path(),
-                    sim_addr,
-                    &bearer,
-                    1,
-                    Some(under(out)),
-                )?;
-                Ok(instructions::Started {
-                    addr,
-                    stop: Box::new(move || proc.stop()),
-                })
-            },
-            "/v1/chat/completions",
-            &json,
-            body,
-        );
+        let keyless_count = instructions::count(&annotate, dir.path(), "keyless", |out| {
+            start_keyless_under(
+                Some(under(out)),
+                &keyless_bin,
+                sim_addr,
+                &secret,
+                log("keyless-callgrind"),
+                &["--workers", "1"],
+            )
+        });
+        let nginx_count = instructions::count(&annotate, dir.path(), "nginx", |out| {
+            start_nginx(
+                &tools.nginx,
+                dir.path(),
+                sim_addr,
+                &bearer,
+                1,
+                Some(under(out)),
+            )
+        });
         for (row, count) in [(Row::Nginx, nginx_count), (Row::Keyless, keyless_count)] {
             match count {
                 Ok(c) => instructions.push((row, c)),
@@ -875,15 +849,7 @@ fn start_keyless_under(
         "managed-identity",
     ]);
     args.extend(strings(extra));
-    let program = match wrapper {
-        Some((program, mut before)) => {
-            before.push(bin.display().to_string());
-            before.append(&mut args);
-            args = before;
-            program
-        }
-        None => bin,
-    };
+    let (program, args) = wrapped(wrapper, bin, args);
     let (mut proc, addr) = Spawn {
         name: "keyless",
         program,
@@ -903,6 +869,22 @@ fn start_keyless_under(
     }
     proc.check_alive()?;
     Ok((proc, addr))
+}
+
+/// `bin args`, or `wrapper`'s program running it: `program [its args] bin args`.
+fn wrapped<'a>(
+    wrapper: Option<(&'a Path, Vec<String>)>,
+    bin: &'a Path,
+    args: Vec<String>,
+) -> (&'a Path, Vec<String>) {
+    match wrapper {
+        Some((program, mut before)) => {
+            before.push(bin.display().to_string());
+            before.extend(args);
+            (program, before)
+        }
+        None => (bin, args),
+    }
 }
 
 /// One paced batch through a keyless run under heaptrack; the heap at its peak.
@@ -1000,7 +982,7 @@ http {{
     );
     let conf = prefix.join("nginx.conf");
     std::fs::write(&conf, config)?;
-    let mut args = vec![
+    let args = vec![
         "-p".into(),
         prefix.display().to_string(),
         "-e".into(),
@@ -1008,15 +990,7 @@ http {{
         "-c".into(),
         conf.display().to_string(),
     ];
-    let program = match wrapper {
-        Some((program, mut before)) => {
-            before.push(bin.display().to_string());
-            before.append(&mut args);
-            args = before;
-            program
-        }
-        None => bin,
-    };
+    let (program, args) = wrapped(wrapper, bin, args);
     let (mut proc, _) = Spawn {
         name: "nginx",
         program,

@@ -335,6 +335,29 @@ pub fn reset_peak_rss(pids: &[u32]) -> bool {
 // ---------------------------------------------------------------------------------------
 // A blocking HTTP/1.1 request, for set-up and readiness (not for measuring).
 
+/// An HTTP/1.1 request's bytes: head and body; `close` asks the server to close after.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+) -> Vec<u8> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\n");
+    if close {
+        head.push_str("connection: close\r\n");
+    }
+    head.push_str(&format!("content-length: {}\r\n", body.len()));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
 /// Sends one request with `Connection: close`; returns the status and the (de-chunked) body.
 pub fn http(
     addr: SocketAddr,
@@ -345,16 +368,7 @@ pub fn http(
 ) -> io::Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
+    stream.write_all(&request(addr, method, path, headers, body, true))?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed HTTP response");
