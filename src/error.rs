@@ -22,6 +22,17 @@ pub enum Error {
     /// The method is not allowed on this route.
     #[error("Method {0} is not allowed on this route")]
     MethodNotAllowed(String),
+    /// The path would reach something other than what it names upstream (a backslash,
+    /// an encoded `/` or `\`, a dot segment): refused, never forwarded.
+    #[error("Refused path: {0}")]
+    BadPath(String),
+    /// A model or deployment name Azure could not have (path tricks, odd characters,
+    /// too long).
+    #[error("{0}")]
+    InvalidName(String),
+    /// The client stopped sending its body for longer than keyless waits.
+    #[error("The request body stalled: nothing arrived for {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// The JSON body did not parse.
     #[error("The request body is not valid JSON: {0}")]
     InvalidJson(String),
@@ -65,9 +76,12 @@ impl Error {
         match self {
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::InvalidJson(_) | Error::BadRequest(_) | Error::BodyRead(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Error::InvalidJson(_)
+            | Error::BadRequest(_)
+            | Error::BodyRead(_)
+            | Error::BadPath(_)
+            | Error::InvalidName(_) => StatusCode::BAD_REQUEST,
+            Error::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::NoToken(_) | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
@@ -82,6 +96,9 @@ impl Error {
             Error::NotFound { .. } => ("invalid_request_error", "unknown_url"),
             Error::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
             Error::InvalidJson(_) => ("invalid_request_error", "invalid_json"),
+            Error::BadPath(_) => ("invalid_request_error", "invalid_path"),
+            Error::InvalidName(_) => ("invalid_request_error", "invalid_model"),
+            Error::BodyTimeout(_) => ("invalid_request_error", "request_timeout"),
             Error::BadRequest(_) => ("invalid_request_error", "bad_request"),
             Error::BodyRead(_) => ("invalid_request_error", "body_read_error"),
             Error::BodyTooLarge { .. } => ("invalid_request_error", "request_too_large"),
