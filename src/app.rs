@@ -18,12 +18,12 @@ use crate::body::{Body, End, UpstreamBody};
 use crate::config::{ApiStyle, Config};
 use crate::error::Error;
 use crate::limit;
-use crate::prepare::{self, Prepared};
-use crate::retry;
+use crate::prepare::{self, Prepared, ReplayBudget};
+use crate::retry::{self, Attempts, Health, NoHead, Reply, Step};
 use crate::rewrite;
 use crate::route::{self, Inbound, Op};
-use crate::telemetry::{BackendLabels, LimitLabels, RequestLog, RetryLabels, Telemetry};
-use crate::upstream::{Client, Lease};
+use crate::telemetry::{BackendLabels, LimitLabels, Record, RetryLabels, Telemetry};
+use crate::upstream::{Client, Lease, SendError};
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
@@ -48,6 +48,10 @@ pub struct App {
     telemetry: Arc<Telemetry>,
     /// Fired at SIGTERM: `/readyz` answers 503 from then on.
     shutdown: CancellationToken,
+    /// Fired when the shutdown grace is over: what is cut then was cut by keyless.
+    cut: CancellationToken,
+    /// Request bodies held for replay, across requests.
+    replay: Arc<ReplayBudget>,
 }
 
 /// Which listener a request came in on.
@@ -59,23 +63,23 @@ pub enum Listener {
     Admin,
 }
 
-/// Where an OpenAI-style request goes: its op (for the path) and its backends.
-struct Plan<'a> {
-    op: Option<Op<'a>>,
-    /// The path for Azure-style requests, sent as it came.
-    path: Option<&'a str>,
+/// Where a request goes: the path to send upstream, the operation (for the retry
+/// rules), and the backends that may serve it.
+struct Destination<'a> {
+    path: UpstreamPath<'a>,
+    /// The OpenAI operation (`chat/completions`), also for Azure-style paths.
+    op: &'a str,
     query: Option<&'a str>,
     backends: Arc<[Backend]>,
 }
 
-/// What the log line and the `x-keyless-*` headers report.
-#[derive(Default)]
-struct Outcome {
-    attempts: u32,
-    backend: Option<Arc<str>>,
-    deployment: Option<Arc<str>>,
-    /// The concurrency slot of the backend that answered, held until the body ends.
-    permit: limit::Permit,
+/// The upstream path of a request.
+#[derive(Clone, Copy)]
+enum UpstreamPath<'a> {
+    /// An OpenAI-style operation, turned into Azure's path for each backend.
+    Op(Op<'a>),
+    /// An Azure-style path, sent as it came.
+    Verbatim(&'a str),
 }
 
 impl App {
@@ -90,12 +94,14 @@ impl App {
         shutdown: CancellationToken,
     ) -> App {
         App {
+            replay: ReplayBudget::new(replay_budget(&config)),
             config: Arc::new(config),
             router: Arc::new(router),
             client,
             tokens: tokens.into(),
             telemetry,
             shutdown,
+            cut: CancellationToken::new(),
         }
     }
 
@@ -107,40 +113,56 @@ impl App {
         }
     }
 
+    /// The same state, whose records call a body cut once `cut` fires a cut by
+    /// shutdown (the end of the grace period).
+    pub fn with_cut(mut self, cut: CancellationToken) -> App {
+        self.cut = cut;
+        self
+    }
+
     /// Handles one request. Never fails: errors become OpenAI-shaped answers.
     pub async fn handle(
         self: Arc<Self>,
         listener: Listener,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
-        let started = Instant::now();
-        self.telemetry.in_flight.inc();
-        let method = req.method().clone();
-        // Copied, not shared: a `Bytes` slice of what hyper read would keep its whole read
-        // buffer (8 KB and more) alive for as long as the log record, a stream's lifetime.
-        let path = req.uri().path().to_owned();
-        let inbound = route::classify(&path);
-        let route = route::label(&inbound);
+        // A handle on the URI (reference-counted, not copied) classifies the path while
+        // the request itself moves on.
+        let uri = req.uri().clone();
+        let inbound = route::classify(uri.path());
         let (request_id, from_client) = request_id(req.headers_mut());
-        let mut outcome = Outcome::default();
+        // The record comes first: from here on, however the request ends (the client
+        // leaving before the head included), it is logged and counted exactly once.
+        // Its path is copied, not shared: a `Bytes` slice of what hyper read would keep
+        // its whole read buffer (8 KB and more) alive for a stream's lifetime.
+        let mut record = Record::start(
+            self.telemetry.clone(),
+            req.method().clone(),
+            uri.path().to_owned(),
+            route::label(&inbound),
+            request_id.clone(),
+        );
+        record.cut_by(self.cut.clone());
         let result = match listener {
             // Boxed: hyper keeps room for this future in every connection for the
             // connection's life; the proxying's kilobytes of state are needed only until
             // the response head, not while a stream flows or a connection idles.
-            Listener::Main => Box::pin(self.dispatch(inbound, req, &mut outcome)).await,
-            Listener::Admin => self.admin(&inbound, req.method(), &path),
+            Listener::Main => Box::pin(self.dispatch(inbound, req, &mut record)).await,
+            Listener::Admin => self.admin(&inbound, req.method(), uri.path()),
         };
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
-                tracing::debug!(%method, %path, status = err.status().as_u16(), error = %err, "keyless answered itself");
+                tracing::debug!(method = %record.method, path = %record.path, status = err.status().as_u16(), error = %err, "keyless answered itself");
+                record.error = Some(err.to_string());
                 err.to_response()
             }
         };
+        record.status = response.status().as_u16();
         let headers = response.headers_mut();
-        if outcome.attempts > 0 {
-            headers.insert(X_KEYLESS_ATTEMPTS, attempts_value(outcome.attempts));
-            if let Some(name) = outcome
+        if record.attempts > 0 {
+            headers.insert(X_KEYLESS_ATTEMPTS, attempts_value(record.attempts));
+            if let Some(name) = record
                 .backend
                 .as_deref()
                 .and_then(|n| HeaderValue::from_str(n).ok())
@@ -151,38 +173,23 @@ impl App {
         // A client that sent an id gets it back; otherwise Azure's own passes through,
         // and keyless's when Azure sent none. Azure's id is always in `apim-request-id`.
         if from_client || !headers.contains_key(&X_REQUEST_ID) {
-            headers.insert(X_REQUEST_ID, request_id.clone());
+            headers.insert(X_REQUEST_ID, request_id);
         }
-        let stream = headers
+        if headers
             .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        if stream {
-            self.telemetry.open_streams.inc();
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+        {
+            record.streaming();
         }
-        let log = RequestLog {
-            telemetry: self.telemetry.clone(),
-            method,
-            path,
-            route,
-            request_id,
-            deployment: outcome.deployment,
-            backend: outcome.backend,
-            attempts: outcome.attempts,
-            status: response.status().as_u16(),
-            // Copied, like the path: Azure's response head shares its read buffer.
-            upstream_request_id: response
-                .headers()
-                .get(APIM_REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            started,
-            stream,
-            permit: outcome.permit,
-        };
+        // Copied, like the path: Azure's response head shares its read buffer.
+        record.upstream_request_id = headers
+            .get(APIM_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         match response.body_mut() {
-            // Logged when the last byte goes out (or the stream is cut).
-            Body::Upstream(body) => body.set_on_end(Box::new(log)),
-            _ => log.finish(0, End::Complete),
+            // Finished when the last byte goes out (or the stream is cut).
+            Body::Upstream(body) => body.set_on_end(Box::new(record)),
+            _ => record.finish(0, End::Complete),
         }
         Ok(response)
     }
@@ -229,68 +236,73 @@ impl App {
         &self,
         inbound: Inbound<'_>,
         req: Request<Incoming>,
-        outcome: &mut Outcome,
+        record: &mut Record,
     ) -> Result<Response<Body>, Error> {
         if let Some(answer) = self.own_endpoint(&inbound, req.method()) {
             return answer;
         }
-        let (parts, body) = req.into_parts();
-        match inbound {
+        let (mut parts, body) = req.into_parts();
+        let uri = parts.uri.clone();
+        let query = uri.query();
+        let (destination, prepared) = match inbound {
             Inbound::Health | Inbound::Ready | Inbound::Metrics | Inbound::Unknown => {
-                Err(not_found(&parts.method, parts.uri.path()))
+                return Err(not_found(&parts.method, uri.path()));
             }
             Inbound::Azure(path) => {
                 // Azure-style clients already name the deployment: same path and query, on
                 // the default endpoint. The deployment (from the path, or the body's model
-                // on the v1 API) picks the limits and cool-down that apply; nothing is
-                // rewritten.
-                let (prepared, backends) = if let Some(d) = azure_deployment(path) {
-                    let prepared =
-                        prepare::hold_if_small(&self.config, &parts.headers, body).await?;
-                    (prepared, self.router.on_default(&d))
-                } else if let Some(op) =
-                    path.strip_prefix("/openai/v1/").filter(|op| !op.is_empty())
-                {
-                    let prepared = prepare::prepare(
-                        &self.config,
-                        Op { path: op },
-                        &parts.method,
-                        &parts.headers,
-                        body,
-                    )
-                    .await?;
-                    let backends = match &prepared.model {
+                // on every other Azure path: `/openai/v1/...`, `/openai/responses`) picks
+                // the limits, cool-down and metric label that apply; nothing is rewritten.
+                let (op, named) = azure_op(path);
+                let mut prepared = prepare::prepare(
+                    &self.config,
+                    Op { path: op },
+                    &parts.method,
+                    &parts.headers,
+                    body,
+                    &self.replay,
+                )
+                .await?;
+                let backends = match named {
+                    Some(deployment) => {
+                        prepared.keep_model();
+                        self.router.on_default(&deployment)
+                    }
+                    None => match &prepared.model {
                         Some(model) => self.router.on_default(&model.name),
                         None => self.router.passthrough(),
-                    };
-                    (prepared, backends)
-                } else {
-                    let prepared =
-                        prepare::hold_if_small(&self.config, &parts.headers, body).await?;
-                    (prepared, self.router.passthrough())
+                    },
                 };
-                let plan = Plan {
-                    op: None,
-                    path: Some(path),
-                    query: parts.uri.query(),
+                let destination = Destination {
+                    path: UpstreamPath::Verbatim(path),
+                    op,
+                    query,
                     backends,
                 };
-                self.proxy(&parts, plan, prepared, outcome).await
+                (destination, prepared)
             }
             Inbound::OpenAi(op) => {
-                let prepared =
-                    prepare::prepare(&self.config, op, &parts.method, &parts.headers, body).await?;
+                let prepared = prepare::prepare(
+                    &self.config,
+                    op,
+                    &parts.method,
+                    &parts.headers,
+                    body,
+                    &self.replay,
+                )
+                .await?;
                 let backends =
                     self.backends_for(op, prepared.model.as_ref().map(|m| m.name.as_str()))?;
-                let plan = Plan {
-                    op: Some(op),
-                    path: None,
-                    query: parts.uri.query(),
+                let destination = Destination {
+                    path: UpstreamPath::Op(op),
+                    op: op.path,
+                    query,
                     backends,
                 };
-                self.proxy(&parts, plan, prepared, outcome).await
+                (destination, prepared)
             }
-        }
+        };
+        self.proxy(&mut parts, destination, prepared, record).await
     }
 
     /// The backends for a model (or for a request without one).
@@ -312,93 +324,68 @@ impl App {
         Ok(self.router.passthrough())
     }
 
-    /// The attempt loop. Each turn picks a backend, passes its limiter, signs and sends;
-    /// a retryable answer cools the backend down and the next turn goes elsewhere, or
-    /// waits for Azure's named time. Only the response head is looked at: once a
-    /// response is returned, its body belongs to the client.
+    /// The attempt loop's driver: the decisions are [`Attempts`]'s; this does the I/O
+    /// (pick, limit, sign, send, wait) and records what happened. Only the response head
+    /// is looked at: once a response is returned, its body belongs to the client.
     async fn proxy(
         &self,
-        parts: &http::request::Parts,
-        plan: Plan<'_>,
+        parts: &mut http::request::Parts,
+        destination: Destination<'_>,
         mut prepared: Prepared,
-        outcome: &mut Outcome,
+        record: &mut Record,
     ) -> Result<Response<Body>, Error> {
-        let policy = self.config.retry;
-        let deadline = Instant::now() + policy.deadline;
-        let mut excluded = 0u64; // backends whose limiter refused this request
+        let backends = &destination.backends;
+        let repeatable = retry::repeatable(&parts.method, destination.op, prepared.store);
+        let mut attempts = Attempts::new(
+            self.config.retry,
+            Instant::now(),
+            prepared.replayable(),
+            repeatable,
+        );
+        // A request that must not reach Azure twice, or whose body goes once, never takes
+        // an idle pooled connection that Azure may be closing as it is picked.
+        let fresh = !repeatable || !prepared.replayable();
+        let timeout = self.config.timeouts.response;
         let mut limited: Option<limit::Rejected> = None;
-        let mut last: Option<(Response<Incoming>, Arc<str>)> = None;
+        // Azure's last retryable answer (and its backend), or the last transport error:
+        // what the client gets if no later attempt does better.
+        let mut last: Option<(Response<Incoming>, usize)> = None;
         let mut last_error: Option<Error> = None;
-        let mut reauthorised = false;
-        let mut failed = 0u64; // backends that failed this request: others are tried first
 
         loop {
-            let choice = {
-                // The thread-local generator must not live across an await.
-                let mut rng = rand::rng();
-                match backend::pick(&plan.backends, excluded | failed, Instant::now(), &mut rng) {
-                    Pick::Use(i) => Pick::Use(i),
-                    // Nothing else is free: a backend that failed may be tried again.
-                    _ if failed != 0 => {
-                        backend::pick(&plan.backends, excluded, Instant::now(), &mut rng)
-                    }
-                    other => other,
-                }
-            };
+            // The thread-local generator must not live across an await.
+            let choice = attempts.choose(backends, Instant::now(), &mut rand::rng());
             let index = match choice {
                 Pick::Use(i) => i,
-                Pick::Wait(wait) => {
-                    // Everything in play cools down. Wait for the soonest if that is
-                    // acceptable; otherwise hand back what Azure last said.
-                    let can_wait = wait <= policy.max_wait
-                        && Instant::now() + wait < deadline
-                        && outcome.attempts < policy.attempts + u32::from(reauthorised)
-                        && (outcome.attempts == 0 || prepared.replayable());
-                    if !can_wait {
-                        return self.give_up(last, last_error, limited, Some(wait), outcome);
-                    }
+                Pick::Wait(wait) if attempts.may_wait(wait, Instant::now()) => {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
-                Pick::None => return self.give_up(last, last_error, limited, None, outcome),
-            };
-            let backend = &plan.backends[index];
-            let deployment = &backend.deployment;
-
-            let permit = match &deployment.limiter {
-                Some(limiter) => {
-                    let mode = self.config.limits.mode;
-                    match limiter
-                        .admit(prepared.tokens, mode, self.config.limits.queue_timeout)
-                        .await
-                    {
-                        Ok(permit) => permit,
-                        Err(rejected) => {
-                            tracing::debug!(backend = %backend.name, limit = rejected.limit, "limiter refused");
-                            self.telemetry
-                                .rate_limited
-                                .get_or_create(&LimitLabels {
-                                    backend: backend.name.clone(),
-                                    limit: rejected.limit,
-                                })
-                                .inc();
-                            excluded |= 1 << index;
-                            limited = Some(match limited {
-                                Some(l) if l.retry_after <= rejected.retry_after => l,
-                                _ => rejected,
-                            });
-                            continue;
-                        }
-                    }
+                Pick::Wait(wait) => {
+                    return self.give_up(last, last_error, limited, Some(wait), backends, record);
                 }
-                None => None,
+                Pick::None => {
+                    return self.give_up(last, last_error, limited, None, backends, record);
+                }
             };
-
+            let backend = &backends[index];
+            let deployment = &backend.deployment;
+            let permit = match self.admit(backend, prepared.tokens).await {
+                Ok(permit) => permit,
+                Err(rejected) => {
+                    attempts.refused(index);
+                    limited = Some(match limited {
+                        Some(l) if l.retry_after <= rejected.retry_after => l,
+                        _ => rejected,
+                    });
+                    continue;
+                }
+            };
             let Some((body, new_len)) = prepared.body_for(deployment.name.as_deref()) else {
                 // A streamed body already went out once: nothing left to send.
-                return self.give_up(last, last_error, limited, None, outcome);
+                return self.give_up(last, last_error, limited, None, backends, record);
             };
-            let uri = self.uri_for(&plan, backend)?;
+            let uri = self.uri_for(&destination, backend)?;
             let authorization = deployment
                 .upstream
                 .tokens
@@ -412,109 +399,159 @@ impl App {
             // hyper's client picks HTTP/2 itself through ALPN; a request marked HTTP/2 (from
             // an h2c client) would be refused on an HTTP/1.1 connection.
             *request.version_mut() = Version::HTTP_11;
-            *request.headers_mut() = parts.headers.clone();
+            // Kept for a replay only when one can happen.
+            *request.headers_mut() = if prepared.replayable() {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             rewrite::request_headers(request.headers_mut(), authorization.clone());
             if let Some(len) = new_len {
                 rewrite::set_content_length(request.headers_mut(), len);
             }
 
-            outcome.attempts += 1;
-            outcome.backend = Some(backend.name.clone());
-            outcome.deployment = deployment.name.clone();
-            let timeout = self.config.timeouts.response;
+            attempts.sending();
+            record.attempts = attempts.made();
+            record.backend = Some(backend.name.clone());
+            record.backend_label = Some(backend.label.clone());
+            record.deployment = deployment.name.clone();
+            record.deployment_label = deployment.name.as_ref().map(|_| deployment.label.clone());
             let sent_at = Instant::now();
-            let sent = tokio::time::timeout(timeout, self.client.request(request)).await;
-            if let Ok(Ok(_)) = &sent {
-                self.telemetry
-                    .upstream_head
-                    .get_or_create(&BackendLabels {
-                        backend: backend.name.clone(),
-                    })
-                    .observe(sent_at.elapsed().as_secs_f64());
-            }
-            let budget = policy.attempts + u32::from(reauthorised);
-            let can_retry =
-                prepared.replayable() && outcome.attempts < budget && Instant::now() < deadline;
-
-            match sent {
+            let sent = if fresh {
+                tokio::time::timeout(timeout, self.client.request_fresh(request)).await
+            } else {
+                tokio::time::timeout(timeout, self.client.request(request)).await
+            };
+            let (answer, reply) = match sent {
                 Ok(Ok((response, lease))) => {
-                    let status = response.status();
-                    if status == StatusCode::UNAUTHORIZED && !reauthorised {
-                        // Azure refused a token the cache thought valid (revoked, or a role
-                        // just granted): fetch a new one, and replay once (outside the retry
-                        // budget) when the body allows it. A streamed upload gets the 401,
-                        // but the next request still gets the new token.
-                        reauthorised = true;
-                        let replay = deployment.upstream.tokens.invalidate(&authorization)
-                            && prepared.replayable();
-                        if replay {
-                            self.count_retry(backend, "unauthorized");
-                            tracing::info!(backend = %backend.name, "Azure refused the token: replaying with a new one");
-                            continue;
+                    self.telemetry
+                        .upstream_head
+                        .get_or_create(&BackendLabels {
+                            backend: backend.label.clone(),
+                        })
+                        .observe(sent_at.elapsed().as_secs_f64());
+                    let reply = Reply::Head {
+                        status: response.status(),
+                        asked: retry::azure_wait(response.headers(), SystemTime::now()),
+                    };
+                    (Ok((response, lease)), reply)
+                }
+                Ok(Err(e)) => {
+                    let why = match e {
+                        SendError::Connect { .. } | SendError::NotAbsolute(_) => NoHead::NotSent,
+                        SendError::Http(_) => NoHead::MaybeDelivered,
+                    };
+                    let error = Error::UpstreamUnreachable(crate::error::chain_text(&e));
+                    (Err(error), Reply::NoHead(why))
+                }
+                Err(_) => (
+                    Err(Error::UpstreamTimeout(timeout)),
+                    Reply::NoHead(NoHead::TimedOut),
+                ),
+            };
+            let now = Instant::now();
+            let backoff = self.backoff(deployment);
+            let other_free = attempts.has_other(backends, index, now);
+            let (step, health) = attempts.judge(index, reply, backoff, other_free, now);
+            match health {
+                Health::Unchanged => {}
+                Health::Healthy => deployment.succeed(),
+                Health::Throttled(wait) => deployment.throttle(wait),
+                Health::Failing => deployment.fail(backoff),
+            }
+            let step = match step {
+                Step::Refresh => {
+                    // Azure refused a token the cache thought valid (revoked, or a role
+                    // just granted): a new one, and one replay outside the budget when the
+                    // body allows it. A streamed upload gets the 401, but the next request
+                    // still gets the new token.
+                    let replace = deployment.upstream.tokens.invalidate(&authorization);
+                    let step = attempts.after_refresh(replace);
+                    if step != Step::Respond {
+                        tracing::info!(backend = %backend.name, "Azure refused the token: replaying with a new one");
+                    }
+                    step
+                }
+                step => step,
+            };
+            match (step, answer) {
+                (Step::Retry(reason), answer) => {
+                    self.count_retry(backend, reason);
+                    match answer {
+                        Ok((response, _)) => {
+                            tracing::info!(backend = %backend.name, status = response.status().as_u16(), ?health, attempt = attempts.made(), "Azure refused; retrying");
+                            // Kept in case no later attempt does better (not a refused
+                            // token's 401); its connection is not reused (the lease is
+                            // dropped), a rare cost on a path that failed.
+                            if reason != "unauthorized" {
+                                last = Some((response, index));
+                                last_error = None;
+                            }
+                        }
+                        Err(error) => {
+                            tracing::info!(backend = %backend.name, error = %error, attempt = attempts.made(), "no answer from Azure; retrying");
+                            last = None;
+                            last_error = Some(error);
                         }
                     }
-                    if !retry::is_retryable(status) {
-                        deployment.record_success();
-                        outcome.permit = permit;
-                        return Ok(self.respond(response, lease));
-                    }
-                    failed |= 1 << index;
-                    let asked = retry::azure_wait(response.headers(), SystemTime::now());
-                    let wait = asked.unwrap_or_else(|| self.backoff(deployment));
-                    deployment.record_failure();
-                    deployment.cool_down(wait);
-                    let too_long = asked.is_some_and(|w| w > policy.max_wait)
-                        && !has_other(&plan.backends, index, excluded);
-                    if !can_retry || too_long {
+                }
+                (_, Ok((response, lease))) => {
+                    if retry::is_retryable(response.status()) {
                         // Out of attempts, or Azure asks for longer than keyless waits: its
                         // answer (with its retry headers) goes to the client at once.
-                        tracing::info!(backend = %backend.name, status = status.as_u16(), cool_down = ?wait, attempt = outcome.attempts, "Azure refused; no retry left, passing its answer on");
-                        outcome.permit = permit;
-                        return Ok(self.respond(response, lease));
+                        tracing::info!(backend = %backend.name, status = response.status().as_u16(), ?health, attempt = attempts.made(), "Azure refused; passing its answer on");
                     }
-                    tracing::info!(backend = %backend.name, status = status.as_u16(), cool_down = ?wait, attempt = outcome.attempts, "Azure refused; retrying");
-                    self.count_retry(backend, status_reason(status));
-                    // Kept in case no later attempt does better; its connection is not
-                    // reused (the lease is dropped), a rare cost on a path that failed.
-                    last = Some((response, backend.name.clone()));
-                    last_error = None;
+                    record.permit = permit;
+                    return Ok(self.respond(response, lease));
                 }
-                failure => {
-                    // No response head: unreachable (connect, TLS, reset) or too slow.
-                    let (error, reason) = match failure {
-                        Ok(Err(e)) => (
-                            Error::UpstreamUnreachable(crate::error::chain_text(&e)),
-                            "connect",
-                        ),
-                        _ => (Error::UpstreamTimeout(timeout), "timeout"),
-                    };
-                    tracing::info!(backend = %backend.name, error = %error, attempt = outcome.attempts, "no answer from Azure");
-                    failed |= 1 << index;
-                    deployment.cool_down(self.backoff(deployment));
-                    deployment.record_failure();
-                    if !can_retry {
-                        return Err(error);
-                    }
-                    self.count_retry(backend, reason);
-                    last = None;
-                    last_error = Some(error);
+                (_, Err(error)) => {
+                    tracing::info!(backend = %backend.name, error = %error, attempt = attempts.made(), repeatable, "no answer from Azure; not retrying");
+                    return Err(error);
                 }
             }
         }
+    }
+
+    /// Passes the request through the backend's limiter, counting a refusal.
+    async fn admit(
+        &self,
+        backend: &Backend,
+        tokens: u32,
+    ) -> Result<limit::Permit, limit::Rejected> {
+        let Some(limiter) = &backend.deployment.limiter else {
+            return Ok(None);
+        };
+        let limits = &self.config.limits;
+        limiter
+            .admit(tokens, limits.mode, limits.queue_timeout)
+            .await
+            .inspect_err(|rejected| {
+                tracing::debug!(backend = %backend.name, limit = rejected.limit, "limiter refused");
+                self.telemetry
+                    .rate_limited
+                    .get_or_create(&LimitLabels {
+                        backend: backend.label.clone(),
+                        limit: rejected.limit,
+                    })
+                    .inc();
+            })
     }
 
     /// When no further attempt is possible: Azure's last answer if there is one, else the
     /// last transport error, else the limiter's 429.
     fn give_up(
         &self,
-        last: Option<(Response<Incoming>, Arc<str>)>,
+        last: Option<(Response<Incoming>, usize)>,
         last_error: Option<Error>,
         limited: Option<limit::Rejected>,
         cooling: Option<std::time::Duration>,
-        outcome: &mut Outcome,
+        backends: &[Backend],
+        record: &mut Record,
     ) -> Result<Response<Body>, Error> {
-        if let Some((response, name)) = last {
-            outcome.backend = Some(name);
+        if let Some((response, index)) = last {
+            let backend = &backends[index];
+            record.backend = Some(backend.name.clone());
+            record.backend_label = Some(backend.label.clone());
             return Ok(self.respond(response, Lease::default()));
         }
         if let Some(err) = last_error {
@@ -532,27 +569,25 @@ impl App {
         })
     }
 
-    fn uri_for(&self, plan: &Plan<'_>, backend: &Backend) -> Result<Uri, Error> {
+    fn uri_for(&self, destination: &Destination<'_>, backend: &Backend) -> Result<Uri, Error> {
         let endpoint = &backend.deployment.upstream.endpoint;
-        let pq = match (plan.op, plan.path) {
-            (Some(op), _) => route::upstream_path(
+        let pq = match destination.path {
+            UpstreamPath::Op(op) => route::upstream_path(
                 &endpoint.base_path,
                 self.config.api,
                 op,
                 backend.deployment.name.as_deref(),
                 &self.config.api_version,
-                plan.query,
+                destination.query,
             ),
-            (None, Some(path)) => match plan.query {
+            UpstreamPath::Verbatim(path) => match destination.query {
                 Some(q) => format!("{}{path}?{q}", endpoint.base_path),
                 None => format!("{}{path}", endpoint.base_path),
             },
-            (None, None) => return Err(Error::BadRequest("nothing to forward".into())),
         };
         endpoint.uri(pq)
     }
 
-    /// Azure's answer, on its way to the client.
     /// Azure's answer, on its way to the client; `lease` is its connection, handed back
     /// to the pool when the body ends.
     fn respond(&self, response: Response<Incoming>, lease: Lease) -> Response<Body> {
@@ -646,18 +681,31 @@ fn attempts_value(attempts: u32) -> HeaderValue {
     }
 }
 
-/// The deployment named by an Azure-style path `/openai/deployments/{d}/...`, decoded.
-fn azure_deployment(path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/openai/deployments/")?;
-    let segment = rest.split('/').next().filter(|s| !s.is_empty())?;
-    percent_encoding::percent_decode_str(segment)
-        .decode_utf8()
-        .ok()
-        .map(|d| d.into_owned())
+/// The operation of an Azure-style path and the deployment it names, if it names one:
+/// `/openai/deployments/{d}/chat/completions` gives (`chat/completions`, `{d}` decoded);
+/// `/openai/v1/responses` and `/openai/responses` give (`responses`, none).
+fn azure_op(path: &str) -> (&str, Option<String>) {
+    let rest = path
+        .strip_prefix("/openai/")
+        .or_else(|| path.strip_prefix("/openai"))
+        .unwrap_or("");
+    if let Some(scoped) = rest.strip_prefix("deployments/") {
+        let (segment, op) = scoped.split_once('/').unwrap_or((scoped, ""));
+        let deployment = percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .ok()
+            .filter(|d| !d.is_empty())
+            .map(|d| d.into_owned());
+        return (op, deployment);
+    }
+    (rest.strip_prefix("v1/").unwrap_or(rest), None)
 }
 
-/// The request's id and whether the client sent it: the client's `x-request-id` when it
-/// is a sane one, else a new one, set on the request so that Azure sees it too.
+/// The replay budget: the configured one.
+fn replay_budget(_config: &Config) -> usize {
+    256 * 1024 * 1024
+}
+
 /// The request's id: the client's `x-request-id` when it sent a usable one (`true`), else
 /// a new random one, set on the request so that Azure sees it too.
 fn request_id(headers: &mut HeaderMap) -> (HeaderValue, bool) {
@@ -678,26 +726,6 @@ fn request_id(headers: &mut HeaderMap) -> (HeaderValue, bool) {
         .unwrap_or_else(|_| HeaderValue::from_static("-"));
     headers.insert(X_REQUEST_ID, id.clone());
     (id, false)
-}
-
-fn status_reason(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        408 => "status_408",
-        429 => "status_429",
-        500 => "status_500",
-        502 => "status_502",
-        503 => "status_503",
-        504 => "status_504",
-        _ => "status_other",
-    }
-}
-
-/// Whether another backend than `index` is in play and not cooling down.
-fn has_other(backends: &[Backend], index: usize, excluded: u64) -> bool {
-    let now = Instant::now();
-    backends.iter().enumerate().any(|(i, b)| {
-        i != index && excluded & (1 << i) == 0 && b.deployment.cooling_for(now).is_none()
-    })
 }
 
 fn not_found(method: &Method, path: &str) -> Error {

@@ -75,11 +75,17 @@ pub struct Deployment {
     /// The deployment name; `None` for Azure-style pass-through requests, whose path
     /// already names what they want.
     pub name: Option<Arc<str>>,
+    /// Its metric label: the name when it is configured or among the first learned,
+    /// else [`OTHER`] (a bounded set whatever clients send).
+    pub label: Arc<str>,
     /// Its limits, if any are configured.
     pub limiter: Option<Limiter>,
-    /// Milliseconds after the router's epoch until which it is cooling down.
-    cooling_until: AtomicU64,
-    /// Failures since the last success, across requests: the cool-down grows with them.
+    /// Milliseconds after the router's epoch until which Azure asked to be left alone.
+    throttled_until: AtomicU64,
+    /// Milliseconds after the router's epoch until which it is known to fail: other
+    /// backends are preferred, but it still serves when it is the only one left.
+    failing_until: AtomicU64,
+    /// Failures since the last success, across requests: the backoff grows with them.
     failures: AtomicU32,
     epoch: Instant,
 }
@@ -88,6 +94,7 @@ impl Deployment {
     fn new(
         upstream: Arc<Upstream>,
         name: Option<&str>,
+        label: Arc<str>,
         limits: Option<&DeploymentLimits>,
         epoch: Instant,
     ) -> Deployment {
@@ -95,29 +102,40 @@ impl Deployment {
             upstream,
             limiter: limits.and_then(Limiter::new),
             name: name.map(Arc::from),
-            cooling_until: AtomicU64::new(0),
+            label,
+            throttled_until: AtomicU64::new(0),
+            failing_until: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             epoch,
         }
     }
 
-    /// Keeps traffic away for `wait` (Azure's retry-after, or a backoff).
-    pub fn cool_down(&self, wait: Duration) {
-        let until = (Instant::now() + wait)
-            .duration_since(self.epoch)
-            .as_millis() as u64;
-        self.cooling_until.fetch_max(until, Ordering::Relaxed);
+    /// Milliseconds since the epoch at `now + wait`, saturating: a wait read from a
+    /// header can be anything.
+    fn until(&self, wait: Duration) -> u64 {
+        let now = Instant::now().saturating_duration_since(self.epoch);
+        u64::try_from(now.saturating_add(wait).as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Counts a failure (a retryable status, unreachable, no head in time).
-    pub fn record_failure(&self) {
+    /// Keeps every request away for `wait` (Azure's named wait, already capped).
+    pub fn throttle(&self, wait: Duration) {
+        self.throttled_until
+            .fetch_max(self.until(wait), Ordering::Relaxed);
+    }
+
+    /// Counts a failure Azure named no wait for (a retryable status, unreachable, no
+    /// head in time) and steers other requests elsewhere for `backoff`.
+    pub fn fail(&self, backoff: Duration) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        self.failing_until
+            .fetch_max(self.until(backoff), Ordering::Relaxed);
     }
 
     /// Counts a success: the failure streak is over.
-    pub fn record_success(&self) {
+    pub fn succeed(&self) {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
+            self.failing_until.store(0, Ordering::Relaxed);
         }
     }
 
@@ -126,19 +144,41 @@ impl Deployment {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// How long it still cools down, if it does.
-    pub fn cooling_for(&self, now: Instant) -> Option<Duration> {
-        let until = self.cooling_until.load(Ordering::Relaxed);
-        let now = now.duration_since(self.epoch).as_millis() as u64;
+    fn left(&self, until: &AtomicU64, now: Instant) -> Option<Duration> {
+        let until = until.load(Ordering::Relaxed);
+        let now = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX);
         (until > now).then(|| Duration::from_millis(until - now))
     }
+
+    /// How long Azure still asks to be left alone, if it does.
+    pub fn throttled_for(&self, now: Instant) -> Option<Duration> {
+        self.left(&self.throttled_until, now)
+    }
+
+    /// Whether it failed recently (within its backoff).
+    pub fn failing(&self, now: Instant) -> bool {
+        self.left(&self.failing_until, now).is_some()
+    }
+
+    /// Neither throttled nor failing.
+    pub fn healthy(&self, now: Instant) -> bool {
+        self.throttled_for(now).is_none() && !self.failing(now)
+    }
 }
+
+/// The metric label of everything outside the bounded set.
+pub const OTHER: &str = "other";
+/// Longest label value kept; Azure's deployment names are at most 64 characters.
+const LABEL_LEN: usize = 64;
 
 /// One way to serve a model: a deployment, with its place in the model's order.
 #[derive(Clone)]
 pub struct Backend {
     /// For logs and `x-keyless-backend`.
     pub name: Arc<str>,
+    /// For metrics: from a bounded set (see [`Deployment::label`]).
+    pub label: Arc<str>,
     /// The deployment's shared state.
     pub deployment: Arc<Deployment>,
     /// Lower is preferred.
@@ -158,10 +198,24 @@ pub enum Pick {
     None,
 }
 
-/// Chooses the backend for an attempt: the lowest priority with a backend that is neither
-/// cooling down nor `excluded` (refused by its limiter for this request), by weight
-/// within that priority. `backends` is sorted by priority.
-pub fn pick(backends: &[Backend], excluded: u64, now: Instant, rng: &mut impl Rng) -> Pick {
+/// Chooses the backend for an attempt: the lowest priority with a usable backend not
+/// `excluded`, by weight within that priority. Usable means healthy when `healthy_only`,
+/// else not throttled (a failing backend beats none). `backends` is sorted by priority.
+pub fn pick(
+    backends: &[Backend],
+    excluded: u64,
+    now: Instant,
+    healthy_only: bool,
+    rng: &mut impl Rng,
+) -> Pick {
+    let usable = |j: usize, b: &Backend| {
+        let out = excluded & 1u64.checked_shl(j as u32).unwrap_or(0) != 0;
+        !out && if healthy_only {
+            b.deployment.healthy(now)
+        } else {
+            b.deployment.throttled_for(now).is_none()
+        }
+    };
     let mut soonest: Option<Duration> = None;
     let mut i = 0;
     while i < backends.len() {
@@ -172,18 +226,18 @@ pub fn pick(backends: &[Backend], excluded: u64, now: Instant, rng: &mut impl Rn
             .map_or(backends.len(), |p| i + p);
         let mut total = 0u64;
         for (j, b) in backends.iter().enumerate().take(group_end).skip(i) {
-            if excluded & (1 << j) != 0 {
-                continue;
-            }
-            match b.deployment.cooling_for(now) {
-                Some(wait) => soonest = Some(soonest.map_or(wait, |s| s.min(wait))),
-                None => total += u64::from(b.weight),
+            if usable(j, b) {
+                total += u64::from(b.weight);
+            } else if excluded & 1u64.checked_shl(j as u32).unwrap_or(0) == 0 {
+                if let Some(wait) = b.deployment.throttled_for(now) {
+                    soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+                }
             }
         }
         if total > 0 {
             let mut ticket = rng.random_range(0..total);
             for (j, b) in backends.iter().enumerate().take(group_end).skip(i) {
-                if excluded & (1 << j) != 0 || b.deployment.cooling_for(now).is_some() {
+                if !usable(j, b) {
                     continue;
                 }
                 if ticket < u64::from(b.weight) {
@@ -194,7 +248,28 @@ pub fn pick(backends: &[Backend], excluded: u64, now: Instant, rng: &mut impl Rn
         }
         i = group_end;
     }
-    soonest.map_or(Pick::None, Pick::Wait)
+    match soonest {
+        Some(wait) if !healthy_only => Pick::Wait(wait),
+        _ => Pick::None,
+    }
+}
+
+/// Whether a backend other than `index`, not `excluded`, is healthy now.
+pub fn has_other(backends: &[Backend], index: usize, excluded: u64, now: Instant) -> bool {
+    backends.iter().enumerate().any(|(i, b)| {
+        i != index
+            && excluded & 1u64.checked_shl(i as u32).unwrap_or(0) == 0
+            && b.deployment.healthy(now)
+    })
+}
+
+/// A label value for `name`: itself when short, cut at a character boundary otherwise.
+fn label_for(name: &str) -> Arc<str> {
+    let mut end = name.len().min(LABEL_LEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Arc::from(&name[..end])
 }
 
 /// Most backends one model may list (a request tracks them in a 64-bit mask).
@@ -202,12 +277,17 @@ pub const MAX_BACKENDS: usize = 64;
 /// Most deployments remembered for models sent without a mapping: a bound on what
 /// clients sending arbitrary model names can make keyless hold.
 const MAX_LEARNED: usize = 1024;
+/// Most learned deployments named in metric labels: each name costs a series in every
+/// family that carries it (the upstream-time histogram has 22 lines a series).
+const MAX_LABELLED: usize = 64;
 
 /// Model -> backends, built once at start-up.
 pub struct Router {
     default: Arc<Upstream>,
     passthrough: Arc<[Backend]>,
     configured: HashMap<String, Arc<[Backend]>>,
+    /// The configured deployments of the default endpoint, by deployment name.
+    named: HashMap<String, Arc<[Backend]>>,
     /// Deployments on the default endpoint reached by unmapped models, learned as they
     /// come (copy-on-write: reads are a lock-free load).
     learned: ArcSwap<HashMap<String, Arc<[Backend]>>>,
@@ -255,12 +335,14 @@ impl Router {
                         Arc::new(Deployment::new(
                             upstream.clone(),
                             Some(&spec.deployment),
+                            label_for(&spec.deployment),
                             limits.get(&spec.deployment),
                             epoch,
                         ))
                     })
                     .clone();
                 backends.push(Backend {
+                    label: label_for(&spec.name),
                     name: spec.name.into(),
                     deployment: state,
                     priority: spec.priority,
@@ -269,9 +351,35 @@ impl Router {
             }
             configured.insert(model.clone(), backends.into());
         }
+        // A deployment on the default endpoint that a model maps to is the same deployment
+        // when a request names it directly (Azure-style, or an unmapped model of that
+        // name): one cool-down and one limiter, as Azure has one quota.
+        let default_key = Arc::as_ptr(&default) as usize;
+        let named: HashMap<String, Arc<[Backend]>> = states
+            .into_iter()
+            .filter(|((upstream, _), _)| *upstream == default_key)
+            .map(|((_, deployment), state)| {
+                let backend = Backend {
+                    name: deployment.as_str().into(),
+                    label: state.label.clone(),
+                    deployment: state,
+                    priority: 0,
+                    weight: 1,
+                };
+                (deployment, Arc::from(vec![backend]))
+            })
+            .collect();
+        let host = default.endpoint.host();
         let passthrough = Arc::from(vec![Backend {
-            name: default.endpoint.host().into(),
-            deployment: Arc::new(Deployment::new(default.clone(), None, None, epoch)),
+            name: host.into(),
+            label: label_for(host),
+            deployment: Arc::new(Deployment::new(
+                default.clone(),
+                None,
+                Arc::from(""),
+                None,
+                epoch,
+            )),
             priority: 0,
             weight: 1,
         }]);
@@ -279,6 +387,7 @@ impl Router {
             default,
             passthrough,
             configured,
+            named,
             learned: ArcSwap::from_pointee(HashMap::new()),
             limits,
             epoch,
@@ -303,21 +412,37 @@ impl Router {
     /// The backend list for `deployment` on the default endpoint (an unmapped model, or
     /// a request without a model), learned on first use.
     pub fn on_default(&self, deployment: &str) -> Arc<[Backend]> {
-        if let Some(found) = self.learned.load().get(deployment) {
+        if let Some(found) = self.named.get(deployment) {
             return found.clone();
         }
+        let learned = self.learned.load();
+        if let Some(found) = learned.get(deployment) {
+            return found.clone();
+        }
+        // Metric labels stay a bounded set whatever names clients send: the first
+        // deployments learned (and those with configured limits) are named, the rest
+        // are `other`.
+        let label = if learned.len() < MAX_LABELLED || self.limits.contains_key(deployment) {
+            label_for(deployment)
+        } else {
+            Arc::from(OTHER)
+        };
+        let full = learned.len() >= MAX_LEARNED;
+        drop(learned);
         let made: Arc<[Backend]> = Arc::from(vec![Backend {
             name: deployment.into(),
+            label: label.clone(),
             deployment: Arc::new(Deployment::new(
                 self.default.clone(),
                 Some(deployment),
+                label,
                 self.limits.get(deployment),
                 self.epoch,
             )),
             priority: 0,
             weight: 1,
         }]);
-        if self.learned.load().len() >= MAX_LEARNED {
+        if full {
             return made;
         }
         let mut result = made.clone();
@@ -365,9 +490,11 @@ mod tests {
     fn backend(up: &Arc<Upstream>, name: &str, priority: u32, weight: u32) -> Backend {
         Backend {
             name: name.into(),
+            label: name.into(),
             deployment: Arc::new(Deployment::new(
                 up.clone(),
                 Some(name),
+                name.into(),
                 None,
                 Instant::now(),
             )),
@@ -377,24 +504,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn lowest_priority_first_then_failover_when_cooling() {
+    async fn lowest_priority_first_then_failover_when_throttled() {
         let up = upstream();
         let list = vec![backend(&up, "ptu", 0, 1), backend(&up, "paygo", 1, 1)];
         let mut rng = rand::rng();
         let now = Instant::now();
-        assert_eq!(pick(&list, 0, now, &mut rng), Pick::Use(0));
-        list[0].deployment.cool_down(Duration::from_secs(10));
-        assert_eq!(pick(&list, 0, Instant::now(), &mut rng), Pick::Use(1));
-        list[1].deployment.cool_down(Duration::from_secs(3));
-        match pick(&list, 0, Instant::now(), &mut rng) {
+        assert_eq!(pick(&list, 0, now, true, &mut rng), Pick::Use(0));
+        list[0].deployment.throttle(Duration::from_secs(10));
+        assert_eq!(pick(&list, 0, Instant::now(), true, &mut rng), Pick::Use(1));
+        list[1].deployment.throttle(Duration::from_secs(3));
+        assert_eq!(pick(&list, 0, Instant::now(), true, &mut rng), Pick::None);
+        match pick(&list, 0, Instant::now(), false, &mut rng) {
             Pick::Wait(w) => assert!(w <= Duration::from_secs(3) && w > Duration::from_secs(2)),
             other => panic!("{other:?}"),
         }
         // With the paygo backend out of play, only the ptu's longer cool-down is left.
-        match pick(&list, 0b10, Instant::now(), &mut rng) {
+        match pick(&list, 0b10, Instant::now(), false, &mut rng) {
             Pick::Wait(w) => assert!(w > Duration::from_secs(9)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_failing_backend_is_skipped_while_another_is_healthy_but_serves_when_alone() {
+        let up = upstream();
+        let list = vec![backend(&up, "a", 0, 1), backend(&up, "b", 0, 1)];
+        let mut rng = rand::rng();
+        list[0].deployment.fail(Duration::from_secs(30));
+        for _ in 0..50 {
+            assert_eq!(pick(&list, 0, Instant::now(), true, &mut rng), Pick::Use(1));
+        }
+        let alone = vec![backend(&up, "c", 0, 1)];
+        alone[0].deployment.fail(Duration::from_secs(30));
+        assert_eq!(pick(&alone, 0, Instant::now(), true, &mut rng), Pick::None);
+        assert_eq!(
+            pick(&alone, 0, Instant::now(), false, &mut rng),
+            Pick::Use(0),
+            "a failure with no named wait holds no later request"
+        );
+        alone[0].deployment.succeed();
+        assert!(alone[0].deployment.healthy(Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn absurd_waits_saturate() {
+        let up = upstream();
+        let b = backend(&up, "a", 0, 1);
+        b.deployment.throttle(Duration::MAX);
+        b.deployment.fail(Duration::MAX);
+        assert!(b.deployment.throttled_for(Instant::now()).is_some());
+        assert!(b.deployment.failing(Instant::now()));
     }
 
     #[tokio::test]
@@ -402,8 +561,14 @@ mod tests {
         let up = upstream();
         let list = vec![backend(&up, "a", 0, 1), backend(&up, "b", 0, 1)];
         let mut rng = rand::rng();
-        assert_eq!(pick(&list, 0b01, Instant::now(), &mut rng), Pick::Use(1));
-        assert_eq!(pick(&list, 0b11, Instant::now(), &mut rng), Pick::None);
+        assert_eq!(
+            pick(&list, 0b01, Instant::now(), true, &mut rng),
+            Pick::Use(1)
+        );
+        assert_eq!(
+            pick(&list, 0b11, Instant::now(), false, &mut rng),
+            Pick::None
+        );
     }
 
     #[tokio::test]
@@ -417,7 +582,7 @@ mod tests {
         let mut rng = rand::rng();
         let mut counts = [0; 3];
         for _ in 0..4000 {
-            if let Pick::Use(i) = pick(&list, 0, Instant::now(), &mut rng) {
+            if let Pick::Use(i) = pick(&list, 0, Instant::now(), true, &mut rng) {
                 counts[i] += 1;
             }
         }
@@ -432,9 +597,16 @@ mod tests {
     async fn cool_down_ends() {
         let up = upstream();
         let b = backend(&up, "a", 0, 1);
-        b.deployment.cool_down(Duration::from_millis(30));
-        assert!(b.deployment.cooling_for(Instant::now()).is_some());
+        b.deployment.throttle(Duration::from_millis(30));
+        assert!(b.deployment.throttled_for(Instant::now()).is_some());
         tokio::time::sleep(Duration::from_millis(40)).await;
-        assert!(b.deployment.cooling_for(Instant::now()).is_none());
+        assert!(b.deployment.throttled_for(Instant::now()).is_none());
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(&*label_for("gpt-4o"), "gpt-4o");
+        assert_eq!(label_for(&"x".repeat(4096)).len(), LABEL_LEN);
+        assert!(label_for(&"é".repeat(100)).len() <= LABEL_LEN);
     }
 }

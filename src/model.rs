@@ -31,6 +31,9 @@ pub struct JsonFields<'a> {
     /// The completion budget: `max_tokens`, `max_completion_tokens` or
     /// `max_output_tokens` (the first present as a whole number).
     pub max_tokens: Option<u64>,
+    /// The Responses API's `store` flag, when it is a boolean: `false` means Azure keeps
+    /// no state for the request, so sending it twice repeats no side effect.
+    pub store: Option<bool>,
 }
 
 /// Validates `body` as JSON and finds its top-level string `model`, if any.
@@ -44,11 +47,12 @@ pub fn find_json_model(body: &[u8]) -> Result<Option<JsonModel<'_>>, serde_json:
 /// Validates `body` as JSON and reads its `model` and completion budget in one pass.
 pub fn read_json(body: &[u8]) -> Result<JsonFields<'_>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let (raw, max_tokens) = TopLevel.deserialize(&mut de)?;
+    let (raw, max_tokens, store) = TopLevel.deserialize(&mut de)?;
     de.end()?;
     Ok(JsonFields {
         model: model_span(body, raw)?,
         max_tokens,
+        store,
     })
 }
 
@@ -88,8 +92,8 @@ fn splice(body: &[u8], span: Range<usize>, replacement: &[u8]) -> Bytes {
 /// Visits the top level: an object is scanned for `model`, anything else is skipped.
 struct TopLevel;
 
-/// The raw `model` and the completion budget.
-type Found<'de> = (Option<&'de RawValue>, Option<u64>);
+/// The raw `model`, the completion budget and `store`.
+type Found<'de> = (Option<&'de RawValue>, Option<u64>, Option<bool>);
 
 impl<'de> DeserializeSeed<'de> for TopLevel {
     type Value = Found<'de>;
@@ -109,6 +113,7 @@ impl<'de> Visitor<'de> for TopLevel {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut model = None;
         let mut max_tokens = None;
+        let mut store = None;
         while let Some(key) = map.next_key::<Str<'de>>()? {
             match &*key.0 {
                 "model" => {
@@ -121,36 +126,40 @@ impl<'de> Visitor<'de> for TopLevel {
                     let raw = map.next_value::<&'de RawValue>()?;
                     max_tokens = max_tokens.or_else(|| raw.get().parse::<u64>().ok());
                 }
+                "store" => {
+                    let raw = map.next_value::<&'de RawValue>()?;
+                    store = raw.get().parse::<bool>().ok();
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok((model, max_tokens))
+        Ok((model, max_tokens, store))
     }
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok((None, None))
+        Ok((None, None, None))
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok((None, None))
+        Ok((None, None, None))
     }
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok((None, None))
+        Ok((None, None, None))
     }
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok((None, None))
+        Ok((None, None, None))
     }
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok((None, None))
+        Ok((None, None, None))
     }
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok((None, None))
+        Ok((None, None, None))
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok((None, None))
+        Ok((None, None, None))
     }
 }
 
@@ -199,10 +208,14 @@ pub async fn find_form_model(body: &Bytes, boundary: &str) -> Result<Option<Form
         futures_util::stream::once(std::future::ready(Ok::<_, std::io::Error>(body.clone())));
     let mut form = multer::Multipart::new(stream, boundary);
     let mut name = None;
+    // Every field is looked at: keyless rewrites one `model`, and a second one would
+    // reach Azure unrewritten (which of the two Azure reads is not documented).
     while let Some(field) = form.next_field().await.map_err(|e| e.to_string())? {
         if field.name() == Some("model") {
+            if name.is_some() {
+                return Err("the multipart body has more than one model field".into());
+            }
             name = Some(field.text().await.map_err(|e| e.to_string())?);
-            break;
         }
     }
     let Some(name) = name else { return Ok(None) };

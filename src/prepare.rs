@@ -13,10 +13,57 @@ use crate::limit;
 use crate::model;
 use crate::route::Op;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderMap, Method, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// The bytes of request bodies that may be held for replay at once, across requests: a
+/// bound on what concurrent uploads make keyless keep. A body that finds the budget
+/// spent streams through and is sent once.
+#[derive(Debug)]
+pub struct ReplayBudget {
+    left: AtomicUsize,
+}
+
+impl ReplayBudget {
+    /// A budget of `total` bytes.
+    pub fn new(total: usize) -> Arc<ReplayBudget> {
+        Arc::new(ReplayBudget {
+            left: AtomicUsize::new(total),
+        })
+    }
+
+    /// Takes `bytes` from the budget, if that many are left.
+    fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(bytes)
+            })
+            .ok()?;
+        Some(Reservation {
+            budget: self.clone(),
+            bytes,
+        })
+    }
+}
+
+/// Bytes taken from the [`ReplayBudget`], given back when the request is over.
+#[derive(Debug)]
+struct Reservation {
+    budget: Arc<ReplayBudget>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.left.fetch_add(self.bytes, Ordering::AcqRel);
+    }
+}
 
 /// A request body as keyless holds it between attempts.
 enum Payload {
@@ -49,6 +96,10 @@ pub(crate) struct Prepared {
     replay: bool,
     /// Whether it was sent once already.
     sent: bool,
+    /// The body's `store` flag (Responses), for the retry rules.
+    pub(crate) store: Option<bool>,
+    /// What this body takes of the replay budget, if it was held for it.
+    _reservation: Option<Reservation>,
 }
 
 impl Prepared {
@@ -59,6 +110,8 @@ impl Prepared {
             tokens: 0,
             replay: false,
             sent: false,
+            store: None,
+            _reservation: None,
         }
     }
 
@@ -71,7 +124,15 @@ impl Prepared {
             model,
             tokens,
             sent: false,
+            store: None,
+            _reservation: None,
         }
+    }
+
+    /// Keeps the body's model as it is on every attempt: an Azure-style request whose
+    /// path names the deployment is forwarded unchanged.
+    pub(crate) fn keep_model(&mut self) {
+        self.model = None;
     }
 
     pub(crate) fn replayable(&self) -> bool {
@@ -109,47 +170,48 @@ pub(crate) async fn prepare(
     method: &Method,
     headers: &HeaderMap,
     body: Incoming,
+    budget: &Arc<ReplayBudget>,
 ) -> Result<Prepared, Error> {
     if method == Method::GET || method == Method::HEAD || method == Method::DELETE {
-        return hold_if_small(config, headers, body).await;
+        return hold_if_small(config, headers, body, budget).await;
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
-    let is_json = mime.is_empty()
+    let declared_json = mime.is_empty()
         || mime.eq_ignore_ascii_case("application/json")
         || mime.to_ascii_lowercase().ends_with("+json");
+    let multipart = mime.eq_ignore_ascii_case("multipart/form-data");
 
-    if is_json {
-        let bytes = read_bounded(headers, body, config.max_body_bytes).await?;
+    if declared_json || (!multipart && expects_json(op)) {
+        let bytes = read_bounded(config, headers, body, config.max_body_bytes).await?;
+        let cap = config.retry.max_replay_bytes;
         if bytes.is_empty() {
-            return Ok(Prepared::held(
-                bytes,
-                None,
-                0,
-                config.retry.max_replay_bytes,
-            ));
+            return Ok(Prepared::held(bytes, None, 0, cap));
         }
-        let fields = model::read_json(&bytes).map_err(|e| Error::InvalidJson(e.to_string()))?;
+        let fields = match model::read_json(&bytes) {
+            Ok(fields) => fields,
+            Err(e) if declared_json => return Err(Error::InvalidJson(e.to_string())),
+            // Sent as text/plain (or so) and not JSON after all: Azure says what is wrong.
+            Err(_) => return Ok(Prepared::held(bytes, None, 0, cap)),
+        };
         let tokens = limit::estimate_tokens(bytes.len(), fields.max_tokens);
+        let store = fields.store;
         let model = fields.model.map(|m| ModelAt {
             name: m.name.into_owned(),
             span: m.span,
             kind: Splice::Json,
         });
-        return Ok(Prepared::held(
-            bytes,
-            model,
-            tokens,
-            config.retry.max_replay_bytes,
-        ));
+        let mut prepared = Prepared::held(bytes, model, tokens, cap);
+        prepared.store = store;
+        return Ok(prepared);
     }
-    if mime.eq_ignore_ascii_case("multipart/form-data") && op.has_multipart_model() {
+    if multipart && op.has_multipart_model() {
         let boundary = multer::parse_boundary(content_type)
             .map_err(|e| Error::BadRequest(format!("invalid multipart content type: {e}")))?;
-        let bytes = read_bounded(headers, body, config.max_body_bytes).await?;
+        let bytes = read_bounded(config, headers, body, config.max_body_bytes).await?;
         let model = model::find_form_model(&bytes, &boundary)
             .await
             .map_err(|e| Error::BadRequest(format!("invalid multipart body: {e}")))?
@@ -165,41 +227,103 @@ pub(crate) async fn prepare(
             config.retry.max_replay_bytes,
         ));
     }
-    hold_if_small(config, headers, body).await
+    hold_if_small(config, headers, body, budget).await
+}
+
+/// Operations whose body is JSON whatever the client's `Content-Type` says: a JSON body
+/// sent as `text/plain` must still have its model mapped and its tokens counted.
+fn expects_json(op: Op<'_>) -> bool {
+    matches!(
+        op.path,
+        "chat/completions"
+            | "completions"
+            | "embeddings"
+            | "responses"
+            | "images/generations"
+            | "audio/speech"
+            | "moderations"
+    )
 }
 
 /// A body keyless need not read is held for replay when its declared length is within
-/// the replay cap (a bodiless GET, a small upload); otherwise it streams, sent once.
+/// the replay cap (and the body limit: a held body is a body keyless reads) and the
+/// replay budget has room (a bodiless GET, a small upload); otherwise it streams, sent
+/// once.
 pub(crate) async fn hold_if_small(
     config: &Config,
     headers: &HeaderMap,
     body: Incoming,
+    budget: &Arc<ReplayBudget>,
 ) -> Result<Prepared, Error> {
     use http_body::Body as _;
     if body.is_end_stream() {
         return Ok(Prepared::held(Bytes::new(), None, 0, 0));
     }
-    let cap = config.retry.max_replay_bytes;
-    match declared_length(headers) {
-        Some(len) if len <= cap as u64 && config.retry.attempts > 1 => {
-            let bytes = read_bounded(headers, body, cap).await?;
-            Ok(Prepared::held(bytes, None, 0, cap))
+    let cap = config.retry.max_replay_bytes.min(config.max_body_bytes);
+    let reservation = match declared_length(headers) {
+        Some(len) if len <= cap as u64 && config.retry.attempts > 1 => budget.reserve(len as usize),
+        _ => None,
+    };
+    match reservation {
+        Some(reservation) => {
+            let bytes = read_bounded(config, headers, body, reservation.bytes).await?;
+            let mut prepared = Prepared::held(bytes, None, 0, cap);
+            prepared._reservation = Some(reservation);
+            Ok(prepared)
         }
-        _ => Ok(Prepared::once(body)),
+        None => Ok(Prepared::once(body)),
     }
 }
 
+/// The longest gap between two chunks of a body keyless reads.
+fn body_timeout(_config: &Config) -> Duration {
+    Duration::from_secs(60)
+}
+
 /// Reads a whole body, refusing more than `limit` (early from `Content-Length` when
-/// the client sent one).
-async fn read_bounded(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, Error> {
+/// the client sent one), and a client that stops sending for longer than the body
+/// timeout.
+async fn read_bounded(
+    config: &Config,
+    headers: &HeaderMap,
+    mut body: Incoming,
+    limit: usize,
+) -> Result<Bytes, Error> {
     if declared_length(headers).is_some_and(|len| len > limit as u64) {
         return Err(Error::BodyTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge { limit }),
-        Err(e) => Err(Error::BodyRead(e.to_string())),
+    let gap = body_timeout(config);
+    // One frame is kept as it came (no copy); only a body in several is joined.
+    let mut one: Option<Bytes> = None;
+    let mut joined = bytes::BytesMut::new();
+    loop {
+        // A frame already there costs no timer: most JSON bodies arrive with their head.
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => tokio::time::timeout(gap, body.frame())
+                .await
+                .map_err(|_| Error::BodyTimeout(gap))?,
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| Error::BodyRead(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let held = one.as_ref().map_or(0, Bytes::len) + joined.len();
+        if held + data.len() > limit {
+            return Err(Error::BodyTooLarge { limit });
+        }
+        match one.take() {
+            None if joined.is_empty() => one = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(first) => {
+                joined.reserve(first.len() + data.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(one.unwrap_or_else(|| joined.freeze()))
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

@@ -222,10 +222,13 @@ impl Collector for TokenCollector {
     }
 }
 
-/// One request's record: logged, and counted, when its response ends.
-pub struct RequestLog {
-    /// Shared metrics.
-    pub telemetry: Arc<Telemetry>,
+/// One request's record: made first, before anything can fail, and finished once: when
+/// its response body ends, or when it is dropped (the client left before the head, or
+/// hyper dropped the body), so that every request is logged and counted and the
+/// in-flight gauge never leaks. The log line, the metrics and the `x-keyless-*` headers
+/// all come from here.
+pub struct Record {
+    telemetry: Arc<Telemetry>,
     /// Request method.
     pub method: Method,
     /// Request path (never the query).
@@ -236,12 +239,18 @@ pub struct RequestLog {
     pub request_id: http::HeaderValue,
     /// Deployment used.
     pub deployment: Option<Arc<str>>,
+    /// Its metric label (bounded).
+    pub deployment_label: Option<Arc<str>>,
     /// Backend used.
     pub backend: Option<Arc<str>>,
+    /// Its metric label (bounded).
+    pub backend_label: Option<Arc<str>>,
     /// Attempts made.
     pub attempts: u32,
-    /// Status sent to the client.
+    /// Status sent to the client; 0 until the head is made.
     pub status: u16,
+    /// keyless's own error, when it answered itself.
+    pub error: Option<String>,
     /// Azure's `apim-request-id`.
     pub upstream_request_id: Option<String>,
     /// When the request arrived.
@@ -250,38 +259,107 @@ pub struct RequestLog {
     pub stream: bool,
     /// The concurrency slot, released with the record.
     pub permit: Permit,
+    /// Fired when the shutdown grace is over: a body cut then was cut by keyless.
+    cut: Option<tokio_util::sync::CancellationToken>,
+    done: bool,
 }
 
-impl RequestLog {
+/// The status counted for a request whose client left before its head: nginx's
+/// "client closed request".
+pub const CLIENT_GONE: u16 = 499;
+
+impl Record {
+    /// Starts the record of a request (raising the in-flight gauge).
+    pub fn start(
+        telemetry: Arc<Telemetry>,
+        method: Method,
+        path: String,
+        route: &'static str,
+        request_id: http::HeaderValue,
+    ) -> Record {
+        telemetry.in_flight.inc();
+        Record {
+            telemetry,
+            method,
+            path,
+            route,
+            request_id,
+            deployment: None,
+            deployment_label: None,
+            backend: None,
+            backend_label: None,
+            attempts: 0,
+            status: 0,
+            error: None,
+            upstream_request_id: None,
+            started: Instant::now(),
+            stream: false,
+            permit: Permit::default(),
+            cut: None,
+            done: false,
+        }
+    }
+
+    /// Tells the record which token marks the end of the shutdown grace.
+    pub fn cut_by(&mut self, token: tokio_util::sync::CancellationToken) {
+        self.cut = Some(token);
+    }
+
+    /// Marks the response as an SSE stream (counted in `open_streams` until it ends).
+    pub fn streaming(&mut self) {
+        if !self.stream {
+            self.stream = true;
+            self.telemetry.open_streams.inc();
+        }
+    }
+
     /// Counts and logs the request now that its response is over.
-    pub fn finish(self, bytes: u64, end: End) {
+    pub fn finish(mut self, bytes: u64, end: End) {
+        self.complete(bytes, end);
+    }
+
+    fn complete(&mut self, bytes: u64, end: End) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
         let elapsed = self.started.elapsed();
-        let empty = &self.telemetry.empty_label;
-        self.telemetry
+        let telemetry = &self.telemetry;
+        let empty = &telemetry.empty_label;
+        let status = if self.status == 0 {
+            CLIENT_GONE
+        } else {
+            self.status
+        };
+        telemetry
             .requests
             .get_or_create(&RequestLabels {
                 route: self.route,
-                deployment: self.deployment.clone().unwrap_or_else(|| empty.clone()),
-                backend: self.backend.clone().unwrap_or_else(|| empty.clone()),
-                status: self.status,
+                deployment: self
+                    .deployment_label
+                    .clone()
+                    .unwrap_or_else(|| empty.clone()),
+                backend: self.backend_label.clone().unwrap_or_else(|| empty.clone()),
+                status,
             })
             .inc();
-        self.telemetry
+        telemetry
             .duration
             .get_or_create(&RouteLabels { route: self.route })
             .observe(elapsed.as_secs_f64());
-        self.telemetry.in_flight.dec();
+        telemetry.in_flight.dec();
         if self.stream {
-            self.telemetry.open_streams.dec();
+            telemetry.open_streams.dec();
         }
+        let cut = self.cut.as_ref().is_some_and(|t| t.is_cancelled());
         let outcome = match &end {
             End::Complete => "complete",
             End::Failed(_) => "upstream_failed",
+            End::ClientGone if cut => "shutdown",
             End::ClientGone => "client_gone",
         };
         let error = match &end {
             End::Failed(e) => e.as_str(),
-            _ => "",
+            _ => self.error.as_deref().unwrap_or(""),
         };
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
         let deployment = self.deployment.as_deref().unwrap_or("-");
@@ -289,28 +367,37 @@ impl RequestLog {
         let upstream_request_id = self.upstream_request_id.as_deref().unwrap_or("-");
         let request_id = self.request_id.to_str().unwrap_or("-");
         let path = self.path.as_str();
+        let attempts = self.attempts;
         if matches!(self.route, "healthz" | "readyz" | "metrics") {
-            tracing::debug!(method = %self.method, route = self.route, status = self.status, duration_ms, "probe");
-        } else if matches!(end, End::Failed(_)) {
+            tracing::debug!(method = %self.method, route = self.route, status, duration_ms, "probe");
+        } else if matches!(end, End::Failed(_)) || outcome == "shutdown" {
             tracing::warn!(
                 method = %self.method, route = self.route, path, deployment, backend,
-                attempts = self.attempts, status = self.status, duration_ms, bytes,
+                attempts, status, duration_ms, bytes,
                 request_id, upstream_request_id, outcome, error,
                 "request"
             );
         } else {
             tracing::info!(
                 method = %self.method, route = self.route, path, deployment, backend,
-                attempts = self.attempts, status = self.status, duration_ms, bytes,
-                request_id, upstream_request_id, outcome,
+                attempts, status, duration_ms, bytes,
+                request_id, upstream_request_id, outcome, error,
                 "request"
             );
         }
-        drop(self.permit);
+        self.permit = Permit::default();
     }
 }
 
-impl BodyEnd for RequestLog {
+impl Drop for Record {
+    fn drop(&mut self) {
+        // Not finished: the handler's future was dropped before the head (the client
+        // went away), or the body was dropped unpolled.
+        self.complete(0, End::ClientGone);
+    }
+}
+
+impl BodyEnd for Record {
     fn end(self: Box<Self>, bytes: u64, end: End) {
         (*self).finish(bytes, end);
     }

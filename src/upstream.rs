@@ -137,7 +137,28 @@ impl Client {
     /// its HTTP/1.1 connection for the body to hand back.
     pub async fn request(
         &self,
+        request: Request<Body>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        self.send(request, true).await
+    }
+
+    /// Like [`Client::request`], but never on an idle pooled HTTP/1.1 connection: for a
+    /// request that must not be sent twice, or whose body can be sent only once. A pooled
+    /// connection that Azure closes just as it is picked can fail a request after part of
+    /// it went out, and then it can be neither replayed nor safely repeated; a new
+    /// connection has no such race. HTTP/2 is still shared: a closing HTTP/2 connection
+    /// hands the request back unsent.
+    pub async fn request_fresh(
+        &self,
+        request: Request<Body>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        self.send(request, false).await
+    }
+
+    async fn send(
+        &self,
         mut request: Request<Body>,
+        pooled: bool,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         let pool = self.pool(request.uri())?;
         if let Some(mut h2) = pool.h2() {
@@ -150,7 +171,7 @@ impl Client {
                 },
             }
         }
-        while let Some(mut sender) = pool.idle() {
+        while let Some(mut sender) = pooled.then(|| pool.idle()).flatten() {
             if sender.ready().await.is_err() {
                 continue;
             }

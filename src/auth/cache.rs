@@ -175,28 +175,63 @@ impl TokenCache {
     /// last forced refresh: a token Azure always refuses (wrong tenant or audience) must
     /// not make keyless ask Entra once per request.
     pub fn invalidate(&self, rejected: &HeaderValue) -> bool {
-        let current = self.inner.current.load();
-        let Some(held) = current.as_deref() else {
-            return true; // already being replaced
+        // The whole decision is made under the lock: every invalidation reads and changes
+        // the held token and the cool-down together. Checked before the lock, a request
+        // could see the rejected token still held, then find the cool-down another
+        // request had just set for that very token, and pass Azure's 401 on instead of
+        // replaying with the new token.
+        let Ok(mut last) = self.inner.last_invalidation.lock() else {
+            return false;
         };
-        if held.authorization != rejected {
-            return true; // already replaced
-        }
-        {
-            let Ok(mut last) = self.inner.last_invalidation.lock() else {
-                return false;
-            };
-            if last.is_some_and(|at| at.elapsed() < INVALIDATE_COOLDOWN) {
-                return false;
+        let current = self.inner.current.load();
+        match decide_invalidation(
+            current.as_deref().map(|h| &h.authorization),
+            rejected,
+            *last,
+            Instant::now(),
+        ) {
+            Invalidation::Replay => true,
+            Invalidation::PassOn => false,
+            Invalidation::Drop => {
+                *last = Some(Instant::now());
+                self.inner
+                    .current
+                    .compare_and_swap(&current, None::<Arc<Held>>);
+                self.inner.state.send_replace(TokenState::Acquiring);
+                self.inner.wake.notify_one();
+                true
             }
-            *last = Some(Instant::now());
         }
-        self.inner
-            .current
-            .compare_and_swap(&current, None::<Arc<Held>>);
-        self.inner.state.send_replace(TokenState::Acquiring);
-        self.inner.wake.notify_one();
-        true
+    }
+}
+
+/// What a 401 to `rejected` does, given the token `held` now and the last forced refresh.
+#[derive(Debug, PartialEq, Eq)]
+enum Invalidation {
+    /// The token was already replaced (or is being): replay with the next one.
+    Replay,
+    /// Drop the held token, fetch a new one, and replay.
+    Drop,
+    /// The token fetched by a forced refresh moments ago is refused too: pass Azure's
+    /// answer on, and ask Entra no more within the cool-down.
+    PassOn,
+}
+
+fn decide_invalidation(
+    held: Option<&HeaderValue>,
+    rejected: &HeaderValue,
+    last: Option<Instant>,
+    now: Instant,
+) -> Invalidation {
+    match held {
+        None => Invalidation::Replay,
+        Some(held) if held != rejected => Invalidation::Replay,
+        Some(_)
+            if last.is_some_and(|at| now.saturating_duration_since(at) < INVALIDATE_COOLDOWN) =>
+        {
+            Invalidation::PassOn
+        }
+        Some(_) => Invalidation::Drop,
     }
 }
 
@@ -414,6 +449,77 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(source.calls.load(Ordering::SeqCst), 2);
         assert_eq!(cache.authorization().await.unwrap(), "Bearer token-1");
+    }
+
+    #[test]
+    fn a_rejection_of_a_replaced_token_always_replays() {
+        let old = bearer("old").unwrap();
+        let new = bearer("new").unwrap();
+        let now = Instant::now();
+        let just_now = Some(now);
+        // Another request already dropped the old token (the cool-down is set): whether
+        // the new one has arrived or not, this request replays.
+        assert_eq!(
+            decide_invalidation(None, &old, just_now, now),
+            Invalidation::Replay
+        );
+        assert_eq!(
+            decide_invalidation(Some(&new), &old, just_now, now),
+            Invalidation::Replay
+        );
+        // The held token itself is refused: drop it, unless a forced refresh just gave it.
+        assert_eq!(
+            decide_invalidation(Some(&old), &old, None, now),
+            Invalidation::Drop
+        );
+        assert_eq!(
+            decide_invalidation(Some(&new), &new, just_now, now),
+            Invalidation::PassOn
+        );
+        let long_ago = now.checked_sub(INVALIDATE_COOLDOWN + Duration::from_secs(1));
+        assert_eq!(
+            decide_invalidation(Some(&new), &new, long_ago, now),
+            Invalidation::Drop
+        );
+    }
+
+    /// The race of issue 11: many threads refused with one token at once. Released
+    /// together by a barrier, each must be told to replay (one drops the token, the rest
+    /// see it gone), and the token must be dropped once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rejections_released_together_all_replay() {
+        let source = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+            lifetime: Duration::from_secs(3600),
+            fail: false,
+            delay: Duration::from_millis(10),
+        });
+        let cache = start(source.clone());
+        let first = cache.authorization().await.unwrap();
+        let threads = 16;
+        let barrier = Arc::new(std::sync::Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (cache, barrier, first) = (cache.clone(), barrier.clone(), first.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    cache.invalidate(&first)
+                })
+            })
+            .collect();
+        let replays = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|replay| *replay)
+            .count();
+        assert_eq!(
+            replays, threads,
+            "every request refused with the old token replays"
+        );
+        let second = cache.authorization().await.unwrap();
+        assert_ne!(second, first);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(source.calls.load(Ordering::SeqCst), 2, "one new token");
     }
 
     #[test]
