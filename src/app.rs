@@ -361,7 +361,7 @@ impl App {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
-                Pick::Wait(wait) => {
+                Pick::Wait(wait) | Pick::Refuse(wait) => {
                     return self.give_up(last, last_error, limited, Some(wait), backends, record);
                 }
                 Pick::None => {
@@ -456,7 +456,7 @@ impl App {
             match health {
                 Health::Unchanged => {}
                 Health::Healthy => deployment.succeed(),
-                Health::Throttled(wait) => deployment.throttle(wait),
+                Health::Throttled { wait, capped } => deployment.throttle(wait, capped),
                 Health::Failing => deployment.fail(backoff),
             }
             let step = match step {

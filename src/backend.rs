@@ -14,7 +14,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use url::Url;
 
@@ -82,6 +82,9 @@ pub struct Deployment {
     pub limiter: Option<Limiter>,
     /// Milliseconds after the router's epoch until which Azure asked to be left alone.
     throttled_until: AtomicU64,
+    /// Whether that hold was cut short at `retry.max_wait` (Azure asked for longer):
+    /// requests are then refused at once rather than held for it.
+    capped: AtomicBool,
     /// Milliseconds after the router's epoch until which it is known to fail: other
     /// backends are preferred, but it still serves when it is the only one left.
     failing_until: AtomicU64,
@@ -104,6 +107,7 @@ impl Deployment {
             name: name.map(Arc::from),
             label,
             throttled_until: AtomicU64::new(0),
+            capped: AtomicBool::new(false),
             failing_until: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             epoch,
@@ -117,10 +121,18 @@ impl Deployment {
         u64::try_from(now.saturating_add(wait).as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Keeps every request away for `wait` (Azure's named wait, already capped).
-    pub fn throttle(&self, wait: Duration) {
-        self.throttled_until
-            .fetch_max(self.until(wait), Ordering::Relaxed);
+    /// Keeps every request away for `wait` (Azure's named wait, already capped at
+    /// `retry.max_wait`; `capped` when Azure asked for longer).
+    pub fn throttle(&self, wait: Duration, capped: bool) {
+        let until = self.until(wait);
+        if self.throttled_until.fetch_max(until, Ordering::Relaxed) <= until {
+            self.capped.store(capped, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the current hold was cut short at `retry.max_wait`.
+    pub fn capped(&self) -> bool {
+        self.capped.load(Ordering::Relaxed)
     }
 
     /// Counts a failure Azure named no wait for (a retryable status, unreachable, no
@@ -194,6 +206,9 @@ pub enum Pick {
     Use(usize),
     /// Every backend still in play cools down; the soonest is free after this wait.
     Wait(Duration),
+    /// Every backend still in play is held off for an ask longer than keyless waits:
+    /// refuse at once, saying when Azure will be asked again.
+    Refuse(Duration),
     /// No backend is left in play for this request.
     None,
 }
@@ -216,7 +231,7 @@ pub fn pick(
             b.deployment.throttled_for(now).is_none()
         }
     };
-    let mut soonest: Option<Duration> = None;
+    let mut soonest: Option<(Duration, bool)> = None;
     let mut i = 0;
     while i < backends.len() {
         let priority = backends[i].priority;
@@ -230,7 +245,9 @@ pub fn pick(
                 total += u64::from(b.weight);
             } else if excluded & 1u64.checked_shl(j as u32).unwrap_or(0) == 0 {
                 if let Some(wait) = b.deployment.throttled_for(now) {
-                    soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+                    if soonest.is_none_or(|(s, _)| wait < s) {
+                        soonest = Some((wait, b.deployment.capped()));
+                    }
                 }
             }
         }
@@ -249,7 +266,8 @@ pub fn pick(
         i = group_end;
     }
     match soonest {
-        Some(wait) if !healthy_only => Pick::Wait(wait),
+        Some((wait, false)) if !healthy_only => Pick::Wait(wait),
+        Some((wait, true)) if !healthy_only => Pick::Refuse(wait),
         _ => Pick::None,
     }
 }
@@ -510,9 +528,9 @@ mod tests {
         let mut rng = rand::rng();
         let now = Instant::now();
         assert_eq!(pick(&list, 0, now, true, &mut rng), Pick::Use(0));
-        list[0].deployment.throttle(Duration::from_secs(10));
+        list[0].deployment.throttle(Duration::from_secs(10), false);
         assert_eq!(pick(&list, 0, Instant::now(), true, &mut rng), Pick::Use(1));
-        list[1].deployment.throttle(Duration::from_secs(3));
+        list[1].deployment.throttle(Duration::from_secs(3), false);
         assert_eq!(pick(&list, 0, Instant::now(), true, &mut rng), Pick::None);
         match pick(&list, 0, Instant::now(), false, &mut rng) {
             Pick::Wait(w) => assert!(w <= Duration::from_secs(3) && w > Duration::from_secs(2)),
@@ -550,7 +568,7 @@ mod tests {
     async fn absurd_waits_saturate() {
         let up = upstream();
         let b = backend(&up, "a", 0, 1);
-        b.deployment.throttle(Duration::MAX);
+        b.deployment.throttle(Duration::MAX, true);
         b.deployment.fail(Duration::MAX);
         assert!(b.deployment.throttled_for(Instant::now()).is_some());
         assert!(b.deployment.failing(Instant::now()));
@@ -597,7 +615,7 @@ mod tests {
     async fn cool_down_ends() {
         let up = upstream();
         let b = backend(&up, "a", 0, 1);
-        b.deployment.throttle(Duration::from_millis(30));
+        b.deployment.throttle(Duration::from_millis(30), false);
         assert!(b.deployment.throttled_for(Instant::now()).is_some());
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(b.deployment.throttled_for(Instant::now()).is_none());

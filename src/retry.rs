@@ -148,8 +148,14 @@ pub enum Health {
     /// It answered: a failure streak is over.
     Healthy,
     /// Azure named a wait: every request keeps away this long (already capped at
-    /// `retry.max_wait`).
-    Throttled(Duration),
+    /// `retry.max_wait`; `capped` when Azure asked for longer, and later requests are
+    /// refused at once instead of held).
+    Throttled {
+        /// How long.
+        wait: Duration,
+        /// Cut short at `retry.max_wait`.
+        capped: bool,
+    },
     /// It failed with no named wait: other requests prefer other backends for a backoff.
     Failing,
 }
@@ -283,7 +289,10 @@ impl Attempts {
             Reply::Head { status, asked } => {
                 self.failed |= bit(index);
                 let health = match asked {
-                    Some(wait) => Health::Throttled(wait.min(self.policy.max_wait)),
+                    Some(wait) => Health::Throttled {
+                        wait: wait.min(self.policy.max_wait),
+                        capped: wait > self.policy.max_wait,
+                    },
                     None => Health::Failing,
                 };
                 let too_long = asked.is_some_and(|w| w > self.policy.max_wait) && !other_free;
@@ -449,7 +458,13 @@ mod tests {
         let day = Duration::from_secs(100_000);
         let (step, health) = a.judge(0, head(429, Some(day)), BACKOFF, false, now);
         assert_eq!(step, Step::Respond, "passed on at once");
-        assert_eq!(health, Health::Throttled(Duration::from_secs(60)));
+        assert_eq!(
+            health,
+            Health::Throttled {
+                wait: Duration::from_secs(60),
+                capped: true
+            }
+        );
     }
 
     #[test]
