@@ -231,6 +231,9 @@ impl App {
         req: Request<Incoming>,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, Error> {
+        if !route::method_allowed(req.method()) {
+            return Err(Error::MethodNotAllowed(req.method().to_string()));
+        }
         if let Some(answer) = self.own_endpoint(&inbound, req.method()) {
             return answer;
         }
@@ -239,6 +242,7 @@ impl App {
             Inbound::Health | Inbound::Ready | Inbound::Metrics | Inbound::Unknown => {
                 Err(not_found(&parts.method, parts.uri.path()))
             }
+            Inbound::Refused(why) => Err(Error::BadPath(why.into())),
             Inbound::Azure(path) => {
                 // Azure-style clients already name the deployment: same path and query, on
                 // the default endpoint. The deployment (from the path, or the body's model
@@ -296,6 +300,7 @@ impl App {
     /// The backends for a model (or for a request without one).
     fn backends_for(&self, op: Op<'_>, model: Option<&str>) -> Result<Arc<[Backend]>, Error> {
         if let Some(model) = model {
+            route::check_name("model", model)?;
             if let Some(backends) = self.router.configured(model) {
                 return Ok(backends);
             }
@@ -542,11 +547,8 @@ impl App {
                 backend.deployment.name.as_deref(),
                 &self.config.api_version,
                 plan.query,
-            ),
-            (None, Some(path)) => match plan.query {
-                Some(q) => format!("{}{path}?{q}", endpoint.base_path),
-                None => format!("{}{path}", endpoint.base_path),
-            },
+            )?,
+            (None, Some(path)) => route::azure_path(&endpoint.base_path, path, plan.query),
             (None, None) => return Err(Error::BadRequest("nothing to forward".into())),
         };
         endpoint.uri(pq)
