@@ -238,6 +238,9 @@ impl App {
         req: Request<Incoming>,
         record: &mut Record,
     ) -> Result<Response<Body>, Error> {
+        if !route::method_allowed(req.method()) {
+            return Err(Error::MethodNotAllowed(req.method().to_string()));
+        }
         if let Some(answer) = self.own_endpoint(&inbound, req.method()) {
             return answer;
         }
@@ -248,6 +251,7 @@ impl App {
             Inbound::Health | Inbound::Ready | Inbound::Metrics | Inbound::Unknown => {
                 return Err(not_found(&parts.method, uri.path()));
             }
+            Inbound::Refused(why) => return Err(Error::BadPath(why.into())),
             Inbound::Azure(path) => {
                 // Azure-style clients already name the deployment: same path and query, on
                 // the default endpoint. The deployment (from the path, or the body's model
@@ -269,7 +273,10 @@ impl App {
                         self.router.on_default(&deployment)
                     }
                     None => match &prepared.model {
-                        Some(model) => self.router.on_default(&model.name),
+                        Some(model) => {
+                            route::check_name("deployment", &model.name)?;
+                            self.router.on_default(&model.name)
+                        }
                         None => self.router.passthrough(),
                     },
                 };
@@ -308,6 +315,7 @@ impl App {
     /// The backends for a model (or for a request without one).
     fn backends_for(&self, op: Op<'_>, model: Option<&str>) -> Result<Arc<[Backend]>, Error> {
         if let Some(model) = model {
+            route::check_name("model", model)?;
             if let Some(backends) = self.router.configured(model) {
                 return Ok(backends);
             }
@@ -579,11 +587,10 @@ impl App {
                 backend.deployment.name.as_deref(),
                 &self.config.api_version,
                 destination.query,
-            ),
-            UpstreamPath::Verbatim(path) => match destination.query {
-                Some(q) => format!("{}{path}?{q}", endpoint.base_path),
-                None => format!("{}{path}", endpoint.base_path),
-            },
+            )?,
+            UpstreamPath::Verbatim(path) => {
+                route::azure_path(&endpoint.base_path, path, destination.query)
+            }
         };
         endpoint.uri(pq)
     }

@@ -16,6 +16,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
+/// The most headers an HTTP/1 answer of Azure's may carry. hyper's default (100) is less
+/// than Azure's front doors and gateways can send (a few hundred with APIM policies and
+/// diagnostics), and an answer over it fails as "message head is too large" (a 502 that
+/// Azure never meant). Bounded: hyper allocates the parser's array this long for each
+/// answer (on the heap once set; its docs say parsing costs about 5% more). The head's
+/// bytes stay bounded by the exact 8 KB read buffer below, which a whole head must fit in.
+const MAX_HEADERS: usize = 512;
+
+/// The same bound for HTTP/2, in HPACK's measure (each header's name and value plus 32
+/// bytes): h2's default, 16 KB, holds only about 200 headers of Azure's usual size.
+const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
 /// Azure closes idle connections after about four minutes; keyless drops its own before.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -211,6 +223,7 @@ impl Client {
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_while_idle(false)
+                .max_header_list_size(MAX_HEADER_LIST_SIZE)
                 .handshake(io)
                 .await
                 .map_err(|e| connect_error(e.into()))?;
@@ -227,6 +240,7 @@ impl Client {
             // read a large answer, and an idle pooled connection keeps it. SSE frames are
             // small and large answers stream through 8 KB reads as well.
             .read_buf_exact_size(Some(8192))
+            .max_headers(MAX_HEADERS)
             .handshake(io)
             .await
             .map_err(|e| connect_error(e.into()))?;

@@ -75,7 +75,7 @@ async fn deployments_style_scopes_deployment_ops_and_adds_the_api_version() {
     let mock = Mock::start(|_| Reply::json("{}")).await;
     let mut f = flags();
     f.api = Some(ApiStyle::Deployments);
-    f.models = models(&[("gpt-4o-mini", "prod 4o")]);
+    f.models = models(&[("gpt-4o-mini", "prod-4o")]);
     let proxy = Proxy::start(f, &mock.url, TestIdentity::ok()).await;
     let c = client();
     post_json(&proxy.base, "/v1/chat/completions", CHAT).await;
@@ -92,7 +92,7 @@ async fn deployments_style_scopes_deployment_ops_and_adds_the_api_version() {
     let seen = mock.seen();
     assert_eq!(
         seen[0].path_and_query,
-        "/openai/deployments/prod%204o/chat/completions?api-version=2024-10-21"
+        "/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21"
     );
     assert_eq!(
         seen[1].path_and_query,
@@ -102,7 +102,7 @@ async fn deployments_style_scopes_deployment_ops_and_adds_the_api_version() {
         seen[2].path_and_query,
         "/openai/responses?api-version=2025-04-01-preview"
     );
-    assert_eq!(seen[2].body, r#"{"model":"prod 4o","input":"hi"}"#);
+    assert_eq!(seen[2].body, r#"{"model":"prod-4o","input":"hi"}"#);
 }
 
 #[tokio::test]
@@ -277,8 +277,8 @@ async fn dot_segments_cannot_climb_out_of_the_route() {
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
-        assert!(answer.contains("unknown_url"), "{path}: {answer}");
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains("invalid_path"), "{path}: {answer}");
     }
     assert!(mock.seen().is_empty());
 }
