@@ -181,15 +181,19 @@ pub async fn run_with_identity(
     });
     // Each worker gets its own upstream client: a pool whose connections live on the
     // worker's runtime, beside the client connections they serve.
+    let cut = CancellationToken::new();
     let served = server::serve_on_workers(
         workers,
         listeners.main,
         |_| {
-            let app = app.with_client(upstream::client_with(connect_timeout, tls.clone()));
+            let app = app
+                .with_client(upstream::client_with(connect_timeout, tls.clone()))
+                .with_cut(cut.clone());
             service(Arc::new(app), app::Listener::Main)
         },
         shutdown.clone(),
         grace,
+        cut.clone(),
         "proxy",
     )
     .await;

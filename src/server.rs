@@ -45,7 +45,106 @@ pub async fn serve<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_from(Source::Listener(listener), service, shutdown, grace, name).await;
+    let cut = CancellationToken::new();
+    serve_from(
+        Source::Listener(listener),
+        service,
+        shutdown,
+        grace,
+        cut,
+        name,
+    )
+    .await;
+}
+
+/// How long a new connection may take to send its first byte, and hyper's bound on the
+/// rest of a request head: a socket that sends nothing is closed, not kept for ever.
+/// (hyper-util's auto builder reads the first bytes, to tell HTTP/1.1 from HTTP/2, with
+/// no timer of its own.)
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 keep-alive pings, and how long an answer may take before the peer is dropped.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Descriptors kept for upstream sockets, the admin listener, token fetches and logs:
+/// the connection cap is what the open-files limit leaves after them, halved (a proxied
+/// request holds a client and an upstream socket).
+const RESERVED_DESCRIPTORS: u64 = 64;
+/// The most client connections served at once per listener, whatever the limit allows.
+const MAX_CONNECTIONS: usize = 16_384;
+
+/// The cap on concurrent client connections: beyond it a new connection is closed at once,
+/// so the listener's backlog never fills and `/healthz` (and the admin listener) keep
+/// answering under a flood of sockets.
+pub fn connection_cap() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let usable = soft.saturating_sub(RESERVED_DESCRIPTORS) / 2;
+    usize::try_from(usable)
+        .unwrap_or(usize::MAX)
+        .clamp(16, MAX_CONNECTIONS)
+}
+
+/// Accept errors (EMFILE above all) back off exponentially, and are logged at most once
+/// a second, with how many were not.
+struct AcceptBackoff {
+    wait: Duration,
+    last_log: Option<std::time::Instant>,
+    quiet: u64,
+}
+
+impl AcceptBackoff {
+    const MIN: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn new() -> AcceptBackoff {
+        AcceptBackoff {
+            wait: Self::MIN,
+            last_log: None,
+            quiet: 0,
+        }
+    }
+
+    fn ok(&mut self) {
+        self.wait = Self::MIN;
+    }
+
+    async fn failed(&mut self, name: &'static str, error: &std::io::Error) {
+        if self
+            .last_log
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(name, error = %error, suppressed = self.quiet, retry_in = ?self.wait, "accept failed");
+            self.last_log = Some(std::time::Instant::now());
+            self.quiet = 0;
+        } else {
+            self.quiet += 1;
+        }
+        tokio::time::sleep(self.wait).await;
+        self.wait = (self.wait * 2).min(Self::MAX);
+    }
+}
+
+/// Connections open on a listener, shared by its workers.
+#[derive(Clone)]
+struct Open(Arc<AtomicUsize>);
+
+/// One connection's place under the cap, given back when the connection ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Open {
+    fn take(&self, cap: usize) -> Option<Slot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot(self.0.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A connection the acceptor handed to a worker. It counts towards the worker's load
@@ -54,6 +153,7 @@ struct Handoff {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     _load: Load,
+    slot: Slot,
 }
 
 /// One open connection on a worker.
@@ -80,7 +180,9 @@ enum Source {
 
 impl Source {
     /// The next connection; `None` once the acceptor is gone.
-    async fn next(&mut self) -> Option<std::io::Result<(TcpStream, SocketAddr, Option<Load>)>> {
+    async fn next(
+        &mut self,
+    ) -> Option<std::io::Result<(TcpStream, SocketAddr, Option<(Load, Slot)>)>> {
         match self {
             Source::Listener(listener) => Some(
                 listener
@@ -93,8 +195,9 @@ impl Source {
                     stream,
                     peer,
                     _load,
+                    slot,
                 } = handed.recv().await?;
-                Some(TcpStream::from_std(stream).map(|stream| (stream, peer, Some(_load))))
+                Some(TcpStream::from_std(stream).map(|stream| (stream, peer, Some((_load, slot)))))
             }
         }
     }
@@ -105,6 +208,7 @@ async fn serve_from<S, B>(
     service: S,
     shutdown: CancellationToken,
     grace: Duration,
+    cut: CancellationToken,
     name: &'static str,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -120,12 +224,19 @@ async fn serve_from<S, B>(
         .http1()
         .timer(TokioTimer::new())
         // A client that opens a connection and sends no complete head is dropped.
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEADER_TIMEOUT)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
+        // A peer that stops answering pings is dropped.
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
         .max_concurrent_streams(1024);
+    // The admin listener and the simulator have no acceptor in front: they cap here.
+    let open = Open(Arc::new(AtomicUsize::new(0)));
+    let cap = connection_cap();
+    let mut backoff = AcceptBackoff::new();
 
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -136,24 +247,46 @@ async fn serve_from<S, B>(
             // Reap finished connections so the set does not grow without bound.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             next = source.next() => match next {
-                Some(Ok(accepted)) => accepted,
+                Some(Ok(accepted)) => {
+                    backoff.ok();
+                    accepted
+                }
                 Some(Err(e)) => {
-                    // EMFILE and friends: back off briefly rather than spin.
-                    tracing::warn!(name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // EMFILE and friends: back off rather than spin.
+                    backoff.failed(name, &e).await;
                     continue;
                 }
                 None => break,
             },
         };
+        let load = match load {
+            Some(handed) => Some(handed),
+            None => match open.take(cap) {
+                Some(slot) => Some((Load(Arc::new(AtomicUsize::new(1))), slot)),
+                None => {
+                    tracing::debug!(name, %peer, cap, "connection cap reached: closed");
+                    continue;
+                }
+            },
+        };
         // SSE frames are small writes: Nagle would hold them back.
         let _ = stream.set_nodelay(true);
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service.clone())
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
         connections.spawn(async move {
-            if let Err(e) = connection.await {
+            // The first byte must come within the header timeout (hyper then bounds the
+            // rest of the head): a socket that sends nothing is closed, not kept.
+            if tokio::time::timeout(HEADER_TIMEOUT, stream.readable())
+                .await
+                .is_err()
+            {
+                tracing::debug!(name, %peer, "nothing sent within the header timeout: closed");
+                drop(load);
+                return;
+            }
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(name, %peer, error = %e, "connection ended with an error");
             }
             drop(load);
@@ -166,6 +299,8 @@ async fn serve_from<S, B>(
         _ = graceful.shutdown() => tracing::info!(name, "all connections finished"),
         _ = tokio::time::sleep(grace) => tracing::warn!(name, ?grace, "grace period over, closing the connections left"),
     }
+    // Before the cut: a request ended by it is logged as cut by shutdown.
+    cut.cancel();
     connections.shutdown().await;
 }
 
@@ -173,14 +308,17 @@ async fn serve_from<S, B>(
 /// a single-threaded tokio runtime with the service `make(i)` builds for it (on the
 /// caller's thread). This task accepts and hands every connection to the worker with the
 /// fewest open; the connection stays there. At `shutdown` the listener closes and every
-/// worker drains as [`serve`] does; returns when all have stopped. An error when no
-/// worker is left to serve on.
+/// worker drains as [`serve`] does, firing `cut` when the grace is over, just before it
+/// closes what is left; returns when all have stopped. An error when no worker is left
+/// to serve on.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_on_workers<S, B>(
     workers: usize,
     listener: TcpListener,
     mut make: impl FnMut(usize) -> S,
     shutdown: CancellationToken,
     grace: Duration,
+    cut: CancellationToken,
     name: &'static str,
 ) -> Result<(), String>
 where
@@ -200,6 +338,7 @@ where
         let (done, finished) = oneshot::channel::<()>();
         let service = make(i);
         let shutdown = shutdown.clone();
+        let cut = cut.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("keyless-{name}-{i}"))
             .spawn(move || {
@@ -218,6 +357,7 @@ where
                     service,
                     shutdown,
                     grace,
+                    cut,
                     name,
                 ));
                 // Idle upstream connections and timers end with the runtime.
@@ -237,19 +377,31 @@ where
     if handoffs.is_empty() {
         return Err("no worker thread could start".to_owned());
     }
+    let open = Open(Arc::new(AtomicUsize::new(0)));
+    let cap = connection_cap();
+    tracing::debug!(name, cap, "connection cap");
+    let mut backoff = AcceptBackoff::new();
     loop {
         let (stream, peer) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff.ok();
+                    pair
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off briefly rather than spin.
-                    tracing::warn!(name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // EMFILE and friends: back off rather than spin.
+                    backoff.failed(name, &e).await;
                     continue;
                 }
             },
+        };
+        // Over the cap the connection is closed at once: accepting goes on, so the
+        // backlog never fills with sockets nobody will serve.
+        let Some(slot) = open.take(cap) else {
+            tracing::debug!(name, %peer, cap, "connection cap reached: closed");
+            continue;
         };
         let stream = match stream.into_std() {
             Ok(stream) => stream,
@@ -269,6 +421,7 @@ where
             stream,
             peer,
             _load: Load::new(count),
+            slot,
         };
         if send.send(handoff).is_err() {
             // That worker has stopped; this connection closes, the next goes elsewhere.

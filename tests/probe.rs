@@ -444,3 +444,36 @@ async fn json_by_content_and_one_multipart_model() {
         "the refused upload never reached Azure"
     );
 }
+
+/// Issue 17.2: sockets that send nothing (or half a head) are closed after the header
+/// timeout (30 s), and keyless serves on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_are_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = Mock::start(|_| Reply::json("{}")).await;
+    let keyless = start(&mock, "", &[]).await;
+    let addr = keyless.keyless.addr();
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    silent.push(half);
+    assert_eq!(chat(&keyless.url()).await.status(), 200, "served meanwhile");
+    let deadline = Duration::from_secs(30 + 15);
+    for mut socket in silent {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(deadline, socket.read(&mut buf))
+            .await
+            .expect("keyless closed the socket within the header timeout and a margin");
+        // Closed (0 bytes or a reset); hyper may first answer a half head with a 408.
+        if let Ok(n) = read {
+            if n > 0 {
+                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
+            }
+        }
+    }
+}
