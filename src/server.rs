@@ -259,10 +259,11 @@ async fn serve_from<S, B>(
                 None => break,
             },
         };
+        // A handed connection took its slot in the acceptor; one accepted here takes it now.
         let load = match load {
-            Some(handed) => Some(handed),
+            Some((load, slot)) => (Some(load), slot),
             None => match open.take(cap) {
-                Some(slot) => Some((Load(Arc::new(AtomicUsize::new(1))), slot)),
+                Some(slot) => (None, slot),
                 None => {
                     tracing::debug!(name, %peer, cap, "connection cap reached: closed");
                     continue;

@@ -9,13 +9,12 @@
 mod support;
 
 use bytes::Bytes;
-use std::collections::VecDeque;
 use std::io::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::identity::FakeIdentity;
-use support::mock::{Mock, Reply, Seen, client};
+use support::mock::{Mock, Reply, client, script};
 use support::{KeylessProcess, spawn_keyless};
 
 const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
@@ -83,21 +82,6 @@ async fn start(mock: &Mock, toml: &str, args: &[&str]) -> Running {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     running
-}
-
-/// Answers `first` in order, then `rest` for every later request.
-fn script(
-    first: Vec<Reply>,
-    rest: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
-) -> impl Fn(&Seen) -> Reply + Send + Sync + 'static {
-    let queue = Mutex::new(VecDeque::from(first));
-    move |seen| {
-        queue
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or_else(|| rest(seen))
-    }
 }
 
 async fn post(

@@ -14,11 +14,10 @@ mod support;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use keyless::config::{Config, Flags, LimitMode};
-use std::collections::VecDeque;
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use support::mock::{Mock, Proxy, Reply, Seen, TestIdentity, client, flags, post_json};
+use support::mock::{Mock, Proxy, Reply, Seen, TestIdentity, client, flags, post_json, script};
 use tokio::sync::mpsc;
 use url::Url;
 
@@ -70,21 +69,6 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in {:?}", r.headers()))
         .to_str()
         .unwrap()
-}
-
-/// Answers `first` in order, one per request, then `rest` for every later request.
-fn script(
-    first: Vec<Reply>,
-    rest: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
-) -> impl Fn(&Seen) -> Reply + Send + Sync + 'static {
-    let queue = Mutex::new(VecDeque::from(first));
-    move |seen| {
-        queue
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or_else(|| rest(seen))
-    }
 }
 
 fn ok(_: &Seen) -> Reply {

@@ -468,6 +468,22 @@ pub async fn post_json(
     post_json_with(&client(), base, path, body).await
 }
 
+/// A handler that answers `first` in order, one per request, then `rest` for every
+/// later request.
+pub fn script(
+    first: Vec<Reply>,
+    rest: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+) -> impl Fn(&Seen) -> Reply + Send + Sync + 'static {
+    let queue = Mutex::new(std::collections::VecDeque::from(first));
+    move |seen| {
+        queue
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| rest(seen))
+    }
+}
+
 /// Flags with nothing set.
 pub fn flags() -> Flags {
     Flags::default()
