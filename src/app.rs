@@ -94,7 +94,7 @@ impl App {
         shutdown: CancellationToken,
     ) -> App {
         App {
-            replay: ReplayBudget::new(replay_budget(&config)),
+            replay: ReplayBudget::new(config.retry.replay_budget_bytes),
             config: Arc::new(config),
             router: Arc::new(router),
             client,
@@ -706,11 +706,6 @@ fn azure_op(path: &str) -> (&str, Option<String>) {
         return (op, deployment);
     }
     (rest.strip_prefix("v1/").unwrap_or(rest), None)
-}
-
-/// The replay budget: the configured one.
-fn replay_budget(_config: &Config) -> usize {
-    256 * 1024 * 1024
 }
 
 /// The request's id: the client's `x-request-id` when it sent a usable one (`true`), else

@@ -175,6 +175,7 @@ struct RawConfig {
     workers: Option<usize>,
     retry: Option<RawRetry>,
     limits: Option<RawLimits>,
+    connections: Option<RawConnections>,
 }
 
 /// `[models]` values: a deployment name, or an ordered list of backends.
@@ -209,6 +210,23 @@ struct RawRetry {
     backoff_base: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     backoff_cap: Option<Duration>,
+    replay_budget_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnections {
+    #[serde(default, with = "opt_duration")]
+    header_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    idle_timeout: Option<Duration>,
+    max: Option<usize>,
+    #[serde(default, with = "opt_duration")]
+    h2_keepalive_interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    h2_keepalive_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    body_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +263,7 @@ const KNOWN_KEYS: &[&str] = &[
     "workers",
     "retry",
     "limits",
+    "connections",
 ];
 
 mod opt_duration {
@@ -285,6 +304,42 @@ pub struct Timeouts {
     pub token: Duration,
 }
 
+/// Bounds on client connections (`[connections]`): how long a socket may stay silent or
+/// idle, how many may be open, how long a request body may stall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connections {
+    /// A new connection's first byte, and then a whole request head, must come within it;
+    /// an idle HTTP/1.1 keep-alive connection is closed after it too (hyper's head timer
+    /// starts when it waits for the next request).
+    pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 with a
+    /// GOAWAY; HTTP/1.1 when it is shorter than the header timeout).
+    pub idle_timeout: Duration,
+    /// Connections served at once per listener; `None`: from the open-files limit.
+    pub max: Option<usize>,
+    /// HTTP/2 keep-alive pings: how often, when the connection is quiet.
+    pub h2_keepalive_interval: Duration,
+    /// HTTP/2 keep-alive pings: how long an answer may take before the peer is dropped.
+    pub h2_keepalive_timeout: Duration,
+    /// The longest gap between two chunks of a request body keyless reads (408 after it).
+    pub body_timeout: Duration,
+}
+
+impl Default for Connections {
+    fn default() -> Connections {
+        Connections {
+            header_timeout: Duration::from_secs(30),
+            // Envoy's and nginx's defaults sit between 75 s and an hour; SDK pools keep
+            // connections for minutes between calls.
+            idle_timeout: Duration::from_secs(300),
+            max: None,
+            h2_keepalive_interval: Duration::from_secs(30),
+            h2_keepalive_timeout: Duration::from_secs(20),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Where a model's requests go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelRoute {
@@ -323,6 +378,9 @@ pub struct RetryPolicy {
     pub deadline: Duration,
     /// Bodies up to this size are held for replay; larger ones are sent once.
     pub max_replay_bytes: usize,
+    /// Request bodies held for replay at once, across all requests: past it a body is
+    /// sent once, not held.
+    pub replay_budget_bytes: usize,
     /// First backoff ceiling when Azure names no wait.
     pub backoff_base: Duration,
     /// Largest backoff ceiling.
@@ -336,6 +394,7 @@ impl Default for RetryPolicy {
             max_wait: Duration::from_secs(60),
             deadline: Duration::from_secs(300),
             max_replay_bytes: DEFAULT_MAX_BODY_BYTES,
+            replay_budget_bytes: 256 * 1024 * 1024,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(8),
         }
@@ -401,6 +460,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Rate limits.
     pub limits: Limits,
+    /// Bounds on client connections.
+    pub connections: Connections,
     /// The admin listener's address, if any.
     pub admin_listen: Option<SocketAddr>,
     /// Time given to requests in flight at shutdown.
@@ -474,8 +535,38 @@ impl Config {
         for (model, deployment) in &flags.models {
             models.insert(model.clone(), ModelRoute::Deployment(deployment.clone()));
         }
-        if models.keys().any(String::is_empty) {
-            problems.push("a model name in [models] is empty".to_owned());
+        // Names Azure would refuse, or that would reshape the upstream path, are refused
+        // here rather than on every request.
+        let mut names: Vec<(String, &str, &str)> = Vec::new();
+        for (model, route) in &models {
+            names.push((format!("models.{model}"), "model", model));
+            match route {
+                ModelRoute::Deployment(d) => {
+                    names.push((format!("models.{model}"), "deployment", d))
+                }
+                ModelRoute::Backends(backends) => {
+                    for (i, b) in backends.iter().enumerate() {
+                        names.push((format!("models.{model}[{i}]"), "deployment", &b.deployment));
+                    }
+                }
+            }
+        }
+        let default_deployment = flags.deployment.clone().or(raw.deployment);
+        if let Some(d) = &default_deployment {
+            names.push(("deployment".to_owned(), "deployment", d));
+        }
+        let limited: Vec<String> = raw
+            .limits
+            .as_ref()
+            .map(|l| l.deployments.keys().cloned().collect())
+            .unwrap_or_default();
+        for d in &limited {
+            names.push((format!("limits.deployments.{d}"), "deployment", d));
+        }
+        for (at, kind, name) in names {
+            if let Err(e) = crate::route::check_name(kind, name) {
+                problems.push(format!("{at}: {e}"));
+            }
         }
 
         let scope = flags
@@ -586,6 +677,9 @@ impl Config {
                 .unwrap_or(defaults.max_replay_bytes),
             backoff_base: raw_retry.backoff_base.unwrap_or(defaults.backoff_base),
             backoff_cap: raw_retry.backoff_cap.unwrap_or(defaults.backoff_cap),
+            replay_budget_bytes: raw_retry
+                .replay_budget_bytes
+                .unwrap_or(defaults.replay_budget_bytes),
         };
         if retry.attempts == 0 {
             problems.push("retry.attempts must be at least 1 (1 means no retry)".to_owned());
@@ -596,7 +690,41 @@ impl Config {
             queue_timeout: raw_limits.queue_timeout.unwrap_or(Duration::from_secs(30)),
             deployments: raw_limits.deployments,
         };
+        let raw_connections = raw.connections.unwrap_or_default();
+        let connection_defaults = Connections::default();
+        let connections = Connections {
+            header_timeout: raw_connections
+                .header_timeout
+                .unwrap_or(connection_defaults.header_timeout),
+            idle_timeout: raw_connections
+                .idle_timeout
+                .unwrap_or(connection_defaults.idle_timeout),
+            max: raw_connections.max.or(connection_defaults.max),
+            h2_keepalive_interval: raw_connections
+                .h2_keepalive_interval
+                .unwrap_or(connection_defaults.h2_keepalive_interval),
+            h2_keepalive_timeout: raw_connections
+                .h2_keepalive_timeout
+                .unwrap_or(connection_defaults.h2_keepalive_timeout),
+            body_timeout: raw_connections
+                .body_timeout
+                .unwrap_or(connection_defaults.body_timeout),
+        };
+        if connections.max == Some(0) {
+            problems.push("connections.max must be at least 1".to_owned());
+        }
         for (name, value) in [
+            ("connections.header_timeout", connections.header_timeout),
+            ("connections.idle_timeout", connections.idle_timeout),
+            (
+                "connections.h2_keepalive_interval",
+                connections.h2_keepalive_interval,
+            ),
+            (
+                "connections.h2_keepalive_timeout",
+                connections.h2_keepalive_timeout,
+            ),
+            ("connections.body_timeout", connections.body_timeout),
             ("connect_timeout", timeouts.connect),
             ("response_timeout", timeouts.response),
             ("idle_timeout", timeouts.idle),
@@ -616,12 +744,13 @@ impl Config {
                 api,
                 api_version,
                 models,
-                default_deployment: flags.deployment.clone().or(raw.deployment),
+                default_deployment,
                 scope,
                 max_body_bytes,
                 timeouts,
                 retry,
                 limits,
+                connections,
                 admin_listen: flags.admin_listen.or(raw.admin_listen),
                 ca_file: flags.ca_file.clone().or(raw.ca_file),
                 workers,
@@ -917,6 +1046,54 @@ b = []
         let c = Config::merge(&Flags::default(), raw).unwrap();
         assert!(matches!(c.models["gpt-4o"], ModelRoute::Backends(ref b) if b.len() == 3));
         assert_eq!(c.limits.deployments["prod-4o-mini"].rpm.unwrap().get(), 600);
+    }
+
+    #[test]
+    fn connections_and_the_replay_budget_are_read_and_checked() {
+        let raw = parse_file(
+            "[retry]\nreplay_budget_bytes = 1024\n[connections]\nheader_timeout = \"5s\"\nidle_timeout = \"2s\"\nmax = 8\nbody_timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let c = Config::merge(&flags(), raw).unwrap();
+        assert_eq!(c.retry.replay_budget_bytes, 1024);
+        assert_eq!(c.connections.header_timeout, Duration::from_secs(5));
+        assert_eq!(c.connections.idle_timeout, Duration::from_secs(2));
+        assert_eq!(c.connections.max, Some(8));
+        assert_eq!(c.connections.body_timeout, Duration::from_secs(3));
+        assert_eq!(
+            c.connections.h2_keepalive_interval,
+            Connections::default().h2_keepalive_interval
+        );
+
+        let raw = parse_file("[connections]\nmax = 0\nidle_timeout = \"0s\"\n").unwrap();
+        let text = Config::merge(&flags(), raw).unwrap_err().to_string();
+        assert!(
+            text.contains("connections.max must be at least 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("connections.idle_timeout must be positive"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn names_azure_would_refuse_are_refused_at_start() {
+        let raw = parse_file(
+            "deployment = \"..\"\n[models]\n\"a/b\" = \"ok\"\n\"fine\" = \"has space\"\n[limits.deployments.\"x%2f\"]\nrpm = 1\n",
+        )
+        .unwrap();
+        let err = Config::merge(&flags(), raw).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.0.len(), 4, "{text}");
+        for at in [
+            "deployment:",
+            "models.a/b:",
+            "models.fine:",
+            "limits.deployments.x%2f:",
+        ] {
+            assert!(text.contains(at), "{at} in {text}");
+        }
     }
 
     #[test]

@@ -159,6 +159,7 @@ pub async fn run_with_identity(
     let telemetry = Arc::new(telemetry::Telemetry::new(tokens.clone()));
     let grace = config.shutdown_grace;
     let workers = config.workers;
+    let bounds = config.connections;
     let app = Arc::new(app::App::new(
         config,
         router,
@@ -171,9 +172,10 @@ pub async fn run_with_identity(
         hyper::service::service_fn(move |req| app.clone().handle(role, req))
     };
     let admin = listeners.admin.map(|admin| {
-        tasks.spawn(server::serve(
+        tasks.spawn(server::serve_with(
             admin,
             service(app.clone(), app::Listener::Admin),
+            bounds,
             shutdown.clone(),
             grace,
             "admin",
@@ -191,6 +193,7 @@ pub async fn run_with_identity(
                 .with_cut(cut.clone());
             service(Arc::new(app), app::Listener::Main)
         },
+        bounds,
         shutdown.clone(),
         grace,
         cut.clone(),

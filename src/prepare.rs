@@ -20,7 +20,6 @@ use hyper::body::Incoming;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 /// The bytes of request bodies that may be held for replay at once, across requests: a
 /// bound on what concurrent uploads make keyless keep. A body that finds the budget
@@ -275,11 +274,6 @@ pub(crate) async fn hold_if_small(
     }
 }
 
-/// The longest gap between two chunks of a body keyless reads.
-fn body_timeout(_config: &Config) -> Duration {
-    Duration::from_secs(60)
-}
-
 /// Reads a whole body, refusing more than `limit` (early from `Content-Length` when
 /// the client sent one), and a client that stops sending for longer than the body
 /// timeout.
@@ -292,7 +286,7 @@ async fn read_bounded(
     if declared_length(headers).is_some_and(|len| len > limit as u64) {
         return Err(Error::BodyTooLarge { limit });
     }
-    let gap = body_timeout(config);
+    let gap = config.connections.body_timeout;
     // One frame is kept as it came (no copy); only a body in several is joined.
     let mut one: Option<Bytes> = None;
     let mut joined = bytes::BytesMut::new();

@@ -15,24 +15,53 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Connections;
+
 /// Serves `service` on `listener` until `shutdown` fires; then stops accepting at once
 /// (new connections are refused), gives the connections in flight `grace` to finish, and
 /// closes the rest. Every connection task is tracked: none outlives the call. `name` is
-/// for the log.
+/// for the log. Connections are bounded by the defaults of [`Connections`].
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
+    shutdown: CancellationToken,
+    grace: Duration,
+    name: &'static str,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_with(
+        listener,
+        service,
+        Connections::default(),
+        shutdown,
+        grace,
+        name,
+    )
+    .await;
+}
+
+/// [`serve`], with connections bounded by `bounds`.
+pub async fn serve_with<S, B>(
+    listener: TcpListener,
+    service: S,
+    bounds: Connections,
     shutdown: CancellationToken,
     grace: Duration,
     name: &'static str,
@@ -49,6 +78,7 @@ pub async fn serve<S, B>(
     serve_from(
         Source::Listener(listener),
         service,
+        bounds,
         shutdown,
         grace,
         cut,
@@ -57,14 +87,6 @@ pub async fn serve<S, B>(
     .await;
 }
 
-/// How long a new connection may take to send its first byte, and hyper's bound on the
-/// rest of a request head: a socket that sends nothing is closed, not kept for ever.
-/// (hyper-util's auto builder reads the first bytes, to tell HTTP/1.1 from HTTP/2, with
-/// no timer of its own.)
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// HTTP/2 keep-alive pings, and how long an answer may take before the peer is dropped.
-const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
-const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Descriptors kept for upstream sockets, the admin listener, token fetches and logs:
 /// the connection cap is what the open-files limit leaves after them, halved (a proxied
 /// request holds a client and an upstream socket).
@@ -75,7 +97,10 @@ const MAX_CONNECTIONS: usize = 16_384;
 /// The cap on concurrent client connections: beyond it a new connection is closed at once,
 /// so the listener's backlog never fills and `/healthz` (and the admin listener) keep
 /// answering under a flood of sockets.
-pub fn connection_cap() -> usize {
+pub fn connection_cap(bounds: &Connections) -> usize {
+    if let Some(max) = bounds.max {
+        return max;
+    }
     let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
     let usable = soft.saturating_sub(RESERVED_DESCRIPTORS) / 2;
     usize::try_from(usable)
@@ -206,6 +231,7 @@ impl Source {
 async fn serve_from<S, B>(
     mut source: Source,
     service: S,
+    bounds: Connections,
     shutdown: CancellationToken,
     grace: Duration,
     cut: CancellationToken,
@@ -223,22 +249,23 @@ async fn serve_from<S, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        // A client that opens a connection and sends no complete head is dropped.
-        .header_read_timeout(HEADER_TIMEOUT)
+        // A client that opens a connection and sends no complete head is dropped; hyper
+        // starts this timer again whenever it waits for the next request, so it also
+        // closes an idle keep-alive connection.
+        .header_read_timeout(bounds.header_timeout)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         // A peer that stops answering pings is dropped.
-        .keep_alive_interval(H2_PING_INTERVAL)
-        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .keep_alive_interval(bounds.h2_keepalive_interval)
+        .keep_alive_timeout(bounds.h2_keepalive_timeout)
         .max_concurrent_streams(1024);
     // The admin listener and the simulator have no acceptor in front: they cap here.
     let open = Open(Arc::new(AtomicUsize::new(0)));
-    let cap = connection_cap();
+    let cap = connection_cap(&bounds);
     let mut backoff = AcceptBackoff::new();
 
-    let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     loop {
         let (stream, peer, load) = tokio::select! {
@@ -272,37 +299,131 @@ async fn serve_from<S, B>(
         };
         // SSE frames are small writes: Nagle would hold them back.
         let _ = stream.set_nodelay(true);
-        let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
+        let (builder, service, shutdown) = (builder.clone(), service.clone(), shutdown.clone());
         connections.spawn(async move {
+            let _load = load;
             // The first byte must come within the header timeout (hyper then bounds the
             // rest of the head): a socket that sends nothing is closed, not kept.
-            if tokio::time::timeout(HEADER_TIMEOUT, stream.readable())
-                .await
-                .is_err()
-            {
-                tracing::debug!(name, %peer, "nothing sent within the header timeout: closed");
-                drop(load);
-                return;
+            tokio::select! {
+                ready = tokio::time::timeout(bounds.header_timeout, stream.readable()) => {
+                    if ready.is_err() {
+                        tracing::debug!(name, %peer, "nothing sent within the header timeout: closed");
+                        return;
+                    }
+                }
+                () = shutdown.cancelled() => return,
             }
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(name, %peer, error = %e, "connection ended with an error");
+            let activity = Arc::new(Activity::new());
+            let tracked = {
+                let activity = activity.clone();
+                hyper::service::service_fn(move |req| {
+                    // In flight from the call until the response body is dropped (its
+                    // last byte sent, or the stream cut).
+                    let busy = activity.begin();
+                    let answer = service.call(req);
+                    async move {
+                        let response = answer.await?;
+                        Ok::<_, Infallible>(response.map(|body| {
+                            http_body_util::BodyExt::map_frame(body, move |frame| {
+                                let _busy = &busy;
+                                frame
+                            })
+                        }))
+                    }
+                })
+            };
+            let connection = builder.serve_connection(TokioIo::new(stream), tracked);
+            let mut connection = std::pin::pin!(connection);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    ended = connection.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(name, %peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    // Shutdown: finish what is in flight (HTTP/2: a GOAWAY), take no more.
+                    () = shutdown.cancelled(), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    () = activity.idle_for(bounds.idle_timeout), if !closing => {
+                        tracing::debug!(name, %peer, "idle: closed");
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
             }
-            drop(load);
         });
     }
     // Refuse new connections at once, then give the ones in flight their grace.
     drop(source);
     tracing::info!(name, "listener closed: draining");
+    let drained = async { while connections.join_next().await.is_some() {} };
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!(name, "all connections finished"),
-        _ = tokio::time::sleep(grace) => tracing::warn!(name, ?grace, "grace period over, closing the connections left"),
+        () = drained => tracing::info!(name, "all connections finished"),
+        () = tokio::time::sleep(grace) => tracing::warn!(name, ?grace, "grace period over, closing the connections left"),
     }
     // Before the cut: a request ended by it is logged as cut by shutdown.
     cut.cancel();
     connections.shutdown().await;
+}
+
+/// The requests in flight on one connection, and since when it has had none: the
+/// connection's idle timer.
+struct Activity {
+    in_flight: AtomicUsize,
+    /// When the last request ended (or the connection began), in milliseconds since `base`.
+    idle_since: AtomicU64,
+    base: Instant,
+}
+
+/// One request in flight, until dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Resolves once the connection has had no request in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let wait = if self.in_flight.load(Ordering::Acquire) > 0 {
+                idle_ms
+            } else {
+                let since = self.idle_since.load(Ordering::Acquire);
+                match (since.saturating_add(idle_ms)).checked_sub(self.now()) {
+                    Some(0) | None => return,
+                    Some(left) => left,
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity.idle_since.store(activity.now(), Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Serves `listener` like [`serve`], on `workers` threads (at least one), each running
@@ -317,6 +438,7 @@ pub async fn serve_on_workers<S, B>(
     workers: usize,
     listener: TcpListener,
     mut make: impl FnMut(usize) -> S,
+    bounds: Connections,
     shutdown: CancellationToken,
     grace: Duration,
     cut: CancellationToken,
@@ -356,6 +478,7 @@ where
                 runtime.block_on(serve_from(
                     Source::Handed(receive),
                     service,
+                    bounds,
                     shutdown,
                     grace,
                     cut,
@@ -379,7 +502,7 @@ where
         return Err("no worker thread could start".to_owned());
     }
     let open = Open(Arc::new(AtomicUsize::new(0)));
-    let cap = connection_cap();
+    let cap = connection_cap(&bounds);
     tracing::debug!(name, cap, "connection cap");
     let mut backoff = AcceptBackoff::new();
     loop {

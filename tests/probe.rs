@@ -461,3 +461,154 @@ async fn silent_sockets_are_closed_after_the_header_timeout() {
         }
     }
 }
+
+/// Issue 17.2: past `[connections] max` a new connection is closed at once (the listener's
+/// backlog never fills with sockets nobody serves), the admin listener answers meanwhile,
+/// and slots come back when connections end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_closes_the_excess_at_once() {
+    use tokio::io::AsyncReadExt;
+    let mock = Mock::start(|_| Reply::json("{}")).await;
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    drop(admin);
+    let keyless = start(
+        &mock,
+        "[connections]\nmax = 4\n",
+        &["--admin-listen", &admin_addr.to_string()],
+    )
+    .await;
+    let addr = keyless.keyless.addr();
+    // The readiness polls' connections may still be open: wait until the 4 held here are
+    // the only ones (a fifth is then closed unread).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let excess_closed = loop {
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        match tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            _ if Instant::now() > deadline => break false,
+            // A slot was still held by a readiness poll's connection: that one is now
+            // served and silent; drop it and try again.
+            _ => drop(extra),
+        }
+    };
+    assert!(excess_closed, "a connection over the cap is closed unread");
+    let admin_health = client()
+        .get(format!("http://{admin_addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin_health.status(), 200, "the admin listener answers");
+    drop(held);
+    // The server sees the four end and gives their slots back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client()
+            .get(format!("{}/healthz", keyless.url()))
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => break,
+            _ => assert!(Instant::now() < deadline, "slots came back"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 17.2: a connection with no request in flight for `[connections] idle_timeout` is
+/// closed, over HTTP/2 (h2c, whose pings the client answers) and HTTP/1.1 alike; one with a
+/// request in flight longer than that is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock =
+        Mock::start(|_| Reply::After(Duration::from_secs(3), Box::new(Reply::json("{}")))).await;
+    let keyless = start(&mock, "[connections]\nidle_timeout = \"1s\"\n", &[]).await;
+    let addr = keyless.keyless.addr();
+
+    // h2c: one request, then nothing; the connection must end well before the 30 s
+    // header timeout, which does not apply to HTTP/2.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{addr}/healthz"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(15), connection).await;
+    assert!(ended.is_ok(), "the idle h2c connection was closed");
+
+    // HTTP/1.1 keep-alive: the same.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle HTTP/1.1 connection was closed");
+
+    // A request in flight for 3 s (the mock's slow head) outlives three idle timeouts.
+    let answer = chat(&keyless.url()).await;
+    assert_eq!(answer.status(), 200, "a slow answer is not cut as idle");
+}
+
+/// Issue 17.2: a request body that stalls (fewer bytes than its Content-Length) gets a
+/// 408 after `[connections] body_timeout`, and nothing reaches Azure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_a_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = Mock::start(|_| Reply::json("{}")).await;
+    let keyless = start(&mock, "[connections]\nbody_timeout = \"1s\"\n", &[]).await;
+    let mut tcp = tokio::net::TcpStream::connect(keyless.keyless.addr())
+        .await
+        .unwrap();
+    tcp.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}}") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "answered, not left hanging");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""code":"request_timeout""#), "{text}");
+    assert!(mock.seen().is_empty(), "nothing reached Azure");
+}
