@@ -627,4 +627,41 @@ mod tests {
         assert_eq!(label_for(&"x".repeat(4096)).len(), LABEL_LEN);
         assert!(label_for(&"é".repeat(100)).len() <= LABEL_LEN);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever names clients send, the label values are configured names, at most
+        /// `MAX_LABELLED` learned ones (cut to `LABEL_LEN`), or `other`.
+        #[test]
+        fn label_values_come_from_a_bounded_set(
+            names in proptest::collection::vec("[a-zA-Z0-9._:-]{1,200}|\\PC{1,80}", 1..300)
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let _entered = runtime.enter();
+            let flags = crate::config::Flags {
+                simulate: true,
+                models: vec![("mapped".into(), "prod".into())],
+                ..crate::config::Flags::default()
+            };
+            let config = Config::load(&flags).unwrap();
+            let router = Router::new(&config, upstream(), |_, _| Ok(upstream())).unwrap();
+            let mut labels = std::collections::HashSet::new();
+            for name in names.iter().map(String::as_str).chain(["prod"]) {
+                for b in router.on_default(name).iter() {
+                    labels.insert(b.label.to_string());
+                }
+            }
+            for label in &labels {
+                proptest::prop_assert!(
+                    label == OTHER
+                        || label == "prod"
+                        || (label.len() <= LABEL_LEN
+                            && names.iter().any(|n| n.starts_with(label.as_str()))),
+                    "{label:?}"
+                );
+            }
+            let learned = labels.iter().filter(|l| *l != OTHER && *l != "prod").count();
+            proptest::prop_assert!(learned <= MAX_LABELLED, "{learned} learned labels");
+        }
+    }
 }
