@@ -12,9 +12,10 @@
 //!    retry (never once a byte went to the client), then hand the body to hyper as it
 //!    streams in, so SSE frames reach the client as Azure sends them.
 
+use crate::apps::Apps;
 use crate::auth::TokenCache;
 use crate::backend::{self, Backend, Pick, Router};
-use crate::body::{Body, End, UpstreamBody};
+use crate::body::{Body, End, Tap, UpstreamBody};
 use crate::config::{ApiStyle, Config};
 use crate::error::Error;
 use crate::limit;
@@ -52,6 +53,8 @@ pub struct App {
     cut: CancellationToken,
     /// Request bodies held for replay, across requests.
     replay: Arc<ReplayBudget>,
+    /// The apps of a shared gateway; `None`: no keys asked for.
+    apps: Option<Arc<Apps>>,
 }
 
 /// Which listener a request came in on.
@@ -71,6 +74,9 @@ struct Destination<'a> {
     op: &'a str,
     query: Option<&'a str>,
     backends: Arc<[Backend]>,
+    /// keyless asked this chat stream for a usage frame the client did not ask for: the
+    /// frame is taken out of the answer.
+    remove_usage_frame: bool,
 }
 
 /// The upstream path of a request.
@@ -95,6 +101,7 @@ impl App {
     ) -> App {
         App {
             replay: ReplayBudget::new(config.retry.replay_budget_bytes),
+            apps: Apps::new(&config.apps).map(Arc::new),
             config: Arc::new(config),
             router: Arc::new(router),
             client,
@@ -160,6 +167,11 @@ impl App {
         };
         record.status = response.status().as_u16();
         let headers = response.headers_mut();
+        // An app with quotas sees its own standing, not the deployment's (shared by every
+        // app), on every answer, refusals included.
+        if let Some(standing) = &record.standing {
+            standing.apply(headers);
+        }
         if record.attempts > 0 {
             headers.insert(X_KEYLESS_ATTEMPTS, attempts_value(record.attempts));
             if let Some(name) = record
@@ -201,6 +213,10 @@ impl App {
         method: &Method,
         path: &str,
     ) -> Result<Response<Body>, Error> {
+        if *inbound == Inbound::Usage {
+            return only_get(method)
+                .map(|()| json(StatusCode::OK, self.telemetry.usage.render(None).into()));
+        }
         self.own_endpoint(inbound, method)
             .unwrap_or_else(|| Err(not_found(method, path)))
     }
@@ -244,11 +260,32 @@ impl App {
         if let Some(answer) = self.own_endpoint(&inbound, req.method()) {
             return answer;
         }
+        // A shared gateway: everything past the probes needs an app's key.
+        let app = match &self.apps {
+            Some(apps) => {
+                let app = apps.identify(req.headers())?;
+                record.app = Some(app.name.clone());
+                Some(app)
+            }
+            None => None,
+        };
+        if inbound == Inbound::Usage {
+            only_get(req.method())?;
+            let rows = self.telemetry.usage.render(app.as_ref().map(|a| &*a.name));
+            return Ok(json(StatusCode::OK, rows.into()));
+        }
         let (mut parts, body) = req.into_parts();
         let uri = parts.uri.clone();
         let query = uri.query();
-        let (destination, prepared) = match inbound {
-            Inbound::Health | Inbound::Ready | Inbound::Metrics | Inbound::Unknown => {
+        // The model the client named (the deployment, for Azure-style paths naming one):
+        // what an app's allowlist is checked against.
+        let client_model: Option<String>;
+        let (mut destination, mut prepared) = match inbound {
+            Inbound::Health
+            | Inbound::Ready
+            | Inbound::Metrics
+            | Inbound::Usage
+            | Inbound::Unknown => {
                 return Err(not_found(&parts.method, uri.path()));
             }
             Inbound::Refused(why) => return Err(Error::BadPath(why.into())),
@@ -267,10 +304,10 @@ impl App {
                     &self.replay,
                 )
                 .await?;
-                let backends = match named {
+                let backends = match &named {
                     Some(deployment) => {
                         prepared.keep_model();
-                        self.router.on_default(&deployment)
+                        self.router.on_default(deployment)
                     }
                     None => match &prepared.model {
                         Some(model) => {
@@ -280,11 +317,13 @@ impl App {
                         None => self.router.passthrough(),
                     },
                 };
+                client_model = named.or_else(|| prepared.model.as_ref().map(|m| m.name.clone()));
                 let destination = Destination {
                     path: UpstreamPath::Verbatim(path),
                     op,
                     query,
                     backends,
+                    remove_usage_frame: false,
                 };
                 (destination, prepared)
             }
@@ -298,17 +337,39 @@ impl App {
                     &self.replay,
                 )
                 .await?;
-                let backends =
-                    self.backends_for(op, prepared.model.as_ref().map(|m| m.name.as_str()))?;
+                let model = prepared.model.as_ref().map(|m| m.name.as_str());
+                let backends = self.backends_for(op, model)?;
+                // `/usage` rows name configured models; others go by their deployment.
+                record.model_label = model
+                    .filter(|m| self.config.models.contains_key(*m))
+                    .map(Arc::from);
+                client_model = model.map(str::to_owned);
                 let destination = Destination {
                     path: UpstreamPath::Op(op),
                     op: op.path,
                     query,
                     backends,
+                    remove_usage_frame: false,
                 };
                 (destination, prepared)
             }
         };
+        if let Some(app) = &app {
+            // The allowlist first: a refused request spends none of the app's quota.
+            app.allows(client_model.as_deref())?;
+            if app.has_quotas() {
+                match app.admit(prepared.tokens) {
+                    Ok(standing) => record.standing = Some(standing),
+                    Err(refused) => {
+                        record.standing = Some(refused.standing);
+                        return Err(refused.error);
+                    }
+                }
+            }
+        }
+        if self.config.stream_include_usage && destination.op == "chat/completions" {
+            destination.remove_usage_frame = prepared.ask_for_usage();
+        }
         self.proxy(&mut parts, destination, prepared, record).await
     }
 
@@ -510,7 +571,11 @@ impl App {
                         tracing::info!(backend = %backend.name, status = response.status().as_u16(), ?health, attempt = attempts.made(), "Azure refused; passing its answer on");
                     }
                     record.permit = permit;
-                    return Ok(self.respond(response, lease));
+                    let tap = (response.status().is_success()
+                        && parts.method == Method::POST
+                        && carries_usage(destination.op))
+                    .then(|| Tap::new(destination.remove_usage_frame));
+                    return Ok(self.respond(response, lease, tap));
                 }
                 (_, Err(error)) => {
                     tracing::info!(backend = %backend.name, error = %error, attempt = attempts.made(), repeatable, "no answer from Azure; not retrying");
@@ -560,7 +625,7 @@ impl App {
             let backend = &backends[index];
             record.backend = Some(backend.name.clone());
             record.backend_label = Some(backend.label.clone());
-            return Ok(self.respond(response, Lease::default()));
+            return Ok(self.respond(response, Lease::default(), None));
         }
         if let Some(err) = last_error {
             return Err(err);
@@ -597,11 +662,23 @@ impl App {
 
     /// Azure's answer, on its way to the client; `lease` is its connection, handed back
     /// to the pool when the body ends.
-    fn respond(&self, response: Response<Incoming>, lease: Lease) -> Response<Body> {
+    fn respond(
+        &self,
+        response: Response<Incoming>,
+        lease: Lease,
+        tap: Option<Tap>,
+    ) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         rewrite::response_headers(&mut parts.headers);
         parts.version = Version::default();
-        let body = UpstreamBody::new(body, self.config.timeouts.idle, None).with_lease(lease);
+        let mut body = UpstreamBody::new(body, self.config.timeouts.idle, None).with_lease(lease);
+        if let Some(tap) = tap {
+            if tap.removes_usage_frame() {
+                // Bytes are taken out: the length Azure declared no longer holds.
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+            body = body.with_tap(tap);
+        }
         Response::from_parts(parts, Body::Upstream(Box::new(body)))
     }
 
@@ -686,6 +763,14 @@ fn attempts_value(attempts: u32) -> HeaderValue {
         Some(text) => HeaderValue::from_static(text),
         None => HeaderValue::from(attempts),
     }
+}
+
+/// Whether answers to this operation carry a `usage` object worth counting.
+fn carries_usage(op: &str) -> bool {
+    matches!(
+        op,
+        "chat/completions" | "completions" | "embeddings" | "responses"
+    )
 }
 
 /// The operation of an Azure-style path and the deployment it names, if it names one:

@@ -7,6 +7,7 @@
 //! `Content-Length` framing where there was one.
 
 use crate::upstream::Lease;
+use crate::usage::{Scan, Usage, UsageFrameFilter};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -41,10 +42,46 @@ pub enum End {
     ClientGone,
 }
 
+/// What is known of a response body once it is over.
+#[derive(Debug)]
+pub struct Ended {
+    /// Bytes sent to the client.
+    pub bytes: u64,
+    /// How it ended.
+    pub end: End,
+    /// When its first byte came from Azure.
+    pub first_byte: Option<Instant>,
+    /// The tokens the answer says it used, when it said.
+    pub usage: Option<Usage>,
+}
+
 /// Told once, when a response body ends, how many bytes went through and how it ended.
 pub trait BodyEnd: Send + Sync {
     /// The body is over.
-    fn end(self: Box<Self>, bytes: u64, end: End);
+    fn end(self: Box<Self>, ended: Ended);
+}
+
+/// What watches an answer's bytes on their way to the client: the usage scan, and (when
+/// keyless asked for a usage frame the client did not) the filter that removes it.
+#[derive(Debug, Default)]
+pub struct Tap {
+    scan: Scan,
+    filter: Option<UsageFrameFilter>,
+}
+
+impl Tap {
+    /// Reads usage; with `remove_usage_frame`, also takes the usage frame out.
+    pub fn new(remove_usage_frame: bool) -> Tap {
+        Tap {
+            scan: Scan::new(),
+            filter: remove_usage_frame.then(UsageFrameFilter::default),
+        }
+    }
+
+    /// Whether it takes the usage frame out.
+    pub fn removes_usage_frame(&self) -> bool {
+        self.filter.is_some()
+    }
 }
 
 /// Azure's response body on its way to the client: passed through frame by frame, but
@@ -61,6 +98,11 @@ pub struct UpstreamBody {
     on_end: Option<Box<dyn BodyEnd>>,
     /// The upstream connection, back to the pool once the body is read to its end.
     lease: Lease,
+    first_byte: Option<Instant>,
+    /// Set for answers that carry usage.
+    tap: Option<Box<Tap>>,
+    /// Azure's side is over; what the filter still holds goes out, then the end.
+    upstream_done: bool,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -78,8 +120,9 @@ impl Drop for UpstreamBody {
         if http_body::Body::is_end_stream(&self.inner) {
             self.lease.release();
         }
+        let ended = self.ended(End::ClientGone);
         if let Some(on_end) = self.on_end.take() {
-            on_end.end(self.bytes, End::ClientGone);
+            on_end.end(ended);
         }
     }
 }
@@ -95,7 +138,30 @@ impl UpstreamBody {
             bytes: 0,
             on_end,
             lease: Lease::default(),
+            first_byte: None,
+            tap: None,
+            upstream_done: false,
         }
+    }
+
+    /// Watches the body's bytes with `tap` as they pass.
+    pub fn with_tap(mut self, tap: Tap) -> UpstreamBody {
+        self.tap = Some(Box::new(tap));
+        self
+    }
+
+    fn ended(&self, end: End) -> Ended {
+        Ended {
+            bytes: self.bytes,
+            end,
+            first_byte: self.first_byte,
+            usage: self.tap.as_ref().and_then(|t| t.scan.usage()),
+        }
+    }
+
+    /// Whether the filter may drop bytes (then the length is not known in advance).
+    fn filtering(&self) -> bool {
+        self.tap.as_ref().is_some_and(|t| t.filter.is_some())
     }
 
     /// Hands `lease`'s connection back to its pool when the body ends cleanly.
@@ -113,30 +179,104 @@ impl UpstreamBody {
         if matches!(end, End::Complete) {
             self.lease.release();
         }
+        let ended = self.ended(end);
         if let Some(on_end) = self.on_end.take() {
-            on_end.end(self.bytes, end);
+            on_end.end(ended);
         }
     }
 
+    /// Bytes the filter has ready, counted as sent.
+    fn ready(&mut self) -> Option<Bytes> {
+        let data = self.tap.as_mut()?.filter.as_mut()?.pop()?;
+        self.bytes += data.len() as u64;
+        Some(data)
+    }
+
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match http_body::Body::poll_frame(Pin::new(&mut self.inner), cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                self.last_frame = Instant::now();
-                if let Some(data) = frame.data_ref() {
-                    self.bytes += data.len() as u64;
-                }
-                if http_body::Body::is_end_stream(&self.inner) {
+        loop {
+            if let Some(data) = self.ready() {
+                if self.upstream_done && self.filtering_drained() {
                     self.finish(End::Complete);
                 }
-                Poll::Ready(Some(Ok(frame)))
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if self.upstream_done {
+                self.finish(End::Complete);
+                return Poll::Ready(None);
+            }
+            match self.poll_upstream(cx) {
+                // Held by the filter (the start of an event): read on.
+                Poll::Ready(Some(Ok(None))) => continue,
+                Poll::Ready(Some(Ok(Some(frame)))) => return Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Whether the filter has nothing more to give.
+    fn filtering_drained(&self) -> bool {
+        self.tap
+            .as_ref()
+            .and_then(|t| t.filter.as_ref())
+            .is_none_or(UsageFrameFilter::is_drained)
+    }
+
+    /// One frame from Azure: passed on (`Some`), or taken by the filter (`None`).
+    #[allow(clippy::type_complexity)]
+    fn poll_upstream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Option<Frame<Bytes>>, BoxError>>> {
+        match http_body::Body::poll_frame(Pin::new(&mut self.inner), cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let now = Instant::now();
+                self.last_frame = now;
+                let done = http_body::Body::is_end_stream(&self.inner);
+                let frame = match (frame.into_data(), self.tap.as_deref_mut()) {
+                    (Ok(data), Some(tap)) => {
+                        self.first_byte.get_or_insert(now);
+                        tap.scan.feed(&data);
+                        match &mut tap.filter {
+                            Some(filter) => {
+                                filter.push(data);
+                                if done {
+                                    filter.finish();
+                                    self.upstream_done = true;
+                                }
+                                return Poll::Ready(Some(Ok(None)));
+                            }
+                            None => {
+                                self.bytes += data.len() as u64;
+                                Frame::data(data)
+                            }
+                        }
+                    }
+                    (Ok(data), None) => {
+                        self.first_byte.get_or_insert(now);
+                        self.bytes += data.len() as u64;
+                        Frame::data(data)
+                    }
+                    (Err(frame), _) => frame,
+                };
+                if done {
+                    self.finish(End::Complete);
+                }
+                Poll::Ready(Some(Ok(Some(frame))))
+            }
+            Poll::Ready(None) => {
+                if let Some(filter) = self.tap.as_mut().and_then(|t| t.filter.as_mut()) {
+                    filter.finish();
+                    self.upstream_done = true;
+                    return Poll::Ready(Some(Ok(None)));
+                }
+                self.finish(End::Complete);
+                Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 self.finish(End::Failed(e.to_string()));
                 Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                self.finish(End::Complete);
-                Poll::Ready(None)
             }
             Poll::Pending => {
                 let deadline = self.last_frame + self.idle;
@@ -210,7 +350,7 @@ impl http_body::Body for Body {
         match self {
             Body::Stream(incoming) => incoming.is_end_stream(),
             Body::Full(bytes) => bytes.is_none(),
-            Body::Upstream(body) => body.inner.is_end_stream(),
+            Body::Upstream(body) => body.inner.is_end_stream() && body.filtering_drained(),
         }
     }
 
@@ -218,6 +358,8 @@ impl http_body::Body for Body {
         match self {
             Body::Stream(incoming) => incoming.size_hint(),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            // The filter may take bytes out: the length is no longer known.
+            Body::Upstream(body) if body.filtering() => SizeHint::default(),
             Body::Upstream(body) => body.inner.size_hint(),
         }
     }

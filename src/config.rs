@@ -10,6 +10,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
@@ -130,6 +131,18 @@ pub struct Flags {
     /// Log format [default: text].
     #[arg(long, env = "KEYLESS_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Redis for limits shared by several keyless replicas (with `[limits] backend =
+    /// "redis"`), e.g. redis://10.0.0.5:6379.
+    #[arg(
+        long,
+        env = "KEYLESS_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+    /// Serve a listener that is not loopback without app keys: the network is the guard.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
 }
 
 fn parse_model_mapping(s: &str) -> Result<(String, String), String> {
@@ -176,6 +189,25 @@ struct RawConfig {
     retry: Option<RawRetry>,
     limits: Option<RawLimits>,
     connections: Option<RawConnections>,
+    #[serde(default)]
+    apps: Vec<RawApp>,
+    usage: Option<RawUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    name: String,
+    key_sha256: String,
+    models: Option<Vec<String>>,
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUsage {
+    stream_include_usage: Option<bool>,
 }
 
 /// `[models]` values: a deployment name, or an ordered list of backends.
@@ -237,6 +269,17 @@ struct RawLimits {
     queue_timeout: Option<Duration>,
     #[serde(default)]
     deployments: HashMap<String, DeploymentLimits>,
+    backend: Option<LimitBackendKind>,
+    redis_url: Option<String>,
+}
+
+/// `[limits] backend`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LimitBackendKind {
+    #[default]
+    Local,
+    Redis,
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -264,6 +307,8 @@ const KNOWN_KEYS: &[&str] = &[
     "retry",
     "limits",
     "connections",
+    "apps",
+    "usage",
 ];
 
 mod opt_duration {
@@ -302,6 +347,69 @@ pub struct Timeouts {
     pub idle: Duration,
     /// One token acquisition.
     pub token: Duration,
+}
+
+/// One app of a shared gateway (`[[apps]]`): who it is, what it may use, how fast.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppSpec {
+    /// Its label in logs, metrics and `/usage`.
+    pub name: String,
+    /// SHA-256 of its key (the key itself is never stored).
+    pub key_sha256: [u8; 32],
+    /// The client-side model names it may use; `None`: any.
+    pub models: Option<Vec<String>>,
+    /// Requests per minute (burst: the same number).
+    pub rpm: Option<NonZeroU32>,
+    /// Tokens per minute, by the pre-call estimate (burst: the same number).
+    pub tpm: Option<NonZeroU32>,
+}
+
+impl fmt::Debug for AppSpec {
+    // No key material, not even its hash: the name says which app.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppSpec")
+            .field("name", &self.name)
+            .field("models", &self.models)
+            .field("rpm", &self.rpm)
+            .field("tpm", &self.tpm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the rate-limit counters live.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum LimitBackend {
+    /// In this process.
+    #[default]
+    Local,
+    /// In Redis, shared by every replica that names the same server.
+    Redis {
+        /// `redis://` or `rediss://` URL (it may hold a password: never printed).
+        url: String,
+    },
+}
+
+impl fmt::Debug for LimitBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitBackend::Local => f.write_str("Local"),
+            LimitBackend::Redis { url } => write!(f, "Redis({})", redact_url(url)),
+        }
+    }
+}
+
+/// A URL with its user and password replaced, for messages.
+pub fn redact_url(text: &str) -> String {
+    match Url::parse(text) {
+        Ok(mut url) => {
+            if !url.username().is_empty() || url.password().is_some() {
+                let _ = url.set_username("");
+                let _ = url.set_password(Some("redacted"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<not a URL>".to_owned(),
+    }
 }
 
 /// Bounds on client connections (`[connections]`): how long a socket may stay silent or
@@ -433,6 +541,8 @@ pub struct Limits {
     pub queue_timeout: Duration,
     /// Limits by deployment name.
     pub deployments: HashMap<String, DeploymentLimits>,
+    /// Where the counters live.
+    pub backend: LimitBackend,
 }
 
 /// The validated configuration.
@@ -462,6 +572,11 @@ pub struct Config {
     pub limits: Limits,
     /// Bounds on client connections.
     pub connections: Connections,
+    /// The apps of a shared gateway; empty: no app keys, anyone who reaches the port.
+    pub apps: Vec<AppSpec>,
+    /// Add `stream_options.include_usage` to chat streams that did not ask for it (and
+    /// remove the extra frame from what the client gets), so usage is counted.
+    pub stream_include_usage: bool,
     /// The admin listener's address, if any.
     pub admin_listen: Option<SocketAddr>,
     /// Time given to requests in flight at shutdown.
@@ -685,11 +800,47 @@ impl Config {
             problems.push("retry.attempts must be at least 1 (1 means no retry)".to_owned());
         }
         let raw_limits = raw.limits.unwrap_or_default();
+        let redis_url = flags.redis_url.clone().or(raw_limits.redis_url);
+        let backend = match (raw_limits.backend.unwrap_or_default(), redis_url) {
+            (LimitBackendKind::Local, _) => LimitBackend::Local,
+            (LimitBackendKind::Redis, Some(url)) => {
+                match Url::parse(&url) {
+                    Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
+                    _ => problems.push(format!(
+                        "limits.redis_url {} must be a redis:// or rediss:// URL",
+                        redact_url(&url)
+                    )),
+                }
+                LimitBackend::Redis { url }
+            }
+            (LimitBackendKind::Redis, None) => {
+                problems.push(
+                    "limits.backend = \"redis\" needs limits.redis_url (or --redis-url, KEYLESS_REDIS_URL)"
+                        .to_owned(),
+                );
+                LimitBackend::Local
+            }
+        };
         let limits = Limits {
             mode: raw_limits.mode.unwrap_or_default(),
             queue_timeout: raw_limits.queue_timeout.unwrap_or(Duration::from_secs(30)),
             deployments: raw_limits.deployments,
+            backend,
         };
+        let apps = validate_apps(raw.apps, &mut problems);
+        let stream_include_usage = raw
+            .usage
+            .and_then(|u| u.stream_include_usage)
+            .unwrap_or(false);
+        let listen = flags.listen.or(raw.listen).unwrap_or_else(default_listen);
+        if !listen.ip().is_loopback() && apps.is_empty() && !flags.allow_unauthenticated {
+            problems.push(format!(
+                "listen address {listen} is not loopback and no [[apps]] are configured: anyone \
+                 who reaches it would spend this identity. Configure app keys ([[apps]] with \
+                 key_sha256, see `keyless hash-key`), listen on 127.0.0.1, or pass \
+                 --allow-unauthenticated if the network is the guard"
+            ));
+        }
         let raw_connections = raw.connections.unwrap_or_default();
         let connection_defaults = Connections::default();
         let connections = Connections {
@@ -739,7 +890,9 @@ impl Config {
 
         match target {
             Some(target) if problems.is_empty() => Ok(Config {
-                listen: flags.listen.or(raw.listen).unwrap_or_else(default_listen),
+                listen,
+                apps,
+                stream_include_usage,
                 target,
                 api,
                 api_version,
@@ -775,6 +928,85 @@ impl Config {
             None => self.default_deployment.as_deref().unwrap_or(model),
         }
     }
+}
+
+/// `[[apps]]`: unique names and keys, a well-formed SHA-256, positive limits.
+fn validate_apps(raw: Vec<RawApp>, problems: &mut Vec<String>) -> Vec<AppSpec> {
+    let mut apps: Vec<AppSpec> = Vec::with_capacity(raw.len());
+    for (i, app) in raw.into_iter().enumerate() {
+        let at = format!("apps[{i}] ({})", app.name);
+        let mut ok = true;
+        if app.name.is_empty()
+            || app.name.len() > 64
+            || !app
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            problems.push(format!(
+                "{at}: name must be 1 to 64 letters, digits, '-', '_' or '.'"
+            ));
+            ok = false;
+        }
+        let hash = parse_sha256(&app.key_sha256);
+        if hash.is_none() {
+            // The value is not shown: it may be a key pasted by mistake.
+            problems.push(format!(
+                "{at}: key_sha256 must be 64 lowercase hex digits (the output of `keyless hash-key`)"
+            ));
+            ok = false;
+        }
+        for (key, value) in [("rpm", app.rpm), ("tpm", app.tpm)] {
+            if value == Some(0) {
+                problems.push(format!("{at}: {key} must be at least 1"));
+                ok = false;
+            }
+        }
+        if app.models.as_ref().is_some_and(Vec::is_empty) {
+            problems.push(format!(
+                "{at}: models is empty (leave it out to allow any model)"
+            ));
+            ok = false;
+        }
+        if apps.iter().any(|a| a.name == app.name) {
+            problems.push(format!("{at}: another app has this name"));
+            ok = false;
+        }
+        if let Some(hash) = hash
+            && apps.iter().any(|a| a.key_sha256 == hash)
+        {
+            problems.push(format!("{at}: another app has the same key"));
+            ok = false;
+        }
+        if let (true, Some(key_sha256)) = (ok, hash) {
+            apps.push(AppSpec {
+                name: app.name,
+                key_sha256,
+                models: app.models,
+                rpm: app.rpm.and_then(NonZeroU32::new),
+                tpm: app.tpm.and_then(NonZeroU32::new),
+            });
+        }
+    }
+    apps
+}
+
+/// 64 lowercase hex digits -> 32 bytes.
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 fn validate_route(model: &str, route: RawModel) -> Result<ModelRoute, Vec<String>> {

@@ -57,6 +57,12 @@ pub enum Error {
     /// The upstream sent no response head in time.
     #[error("Azure OpenAI did not answer within {0:?}")]
     UpstreamTimeout(std::time::Duration),
+    /// No app key, or one no app has (a shared gateway with `[[apps]]`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The app may not use this model.
+    #[error("{0}")]
+    ModelNotAllowed(String),
     /// The proxy is shutting down and takes no new requests.
     #[error("keyless is shutting down")]
     ShuttingDown,
@@ -87,11 +93,13 @@ impl Error {
             Error::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
         }
     }
 
     /// The OpenAI `error.type` and `error.code` for this error.
-    fn kind(&self) -> (&'static str, &'static str) {
+    pub fn kind_and_code(&self) -> (&'static str, &'static str) {
         match self {
             Error::NotFound { .. } => ("invalid_request_error", "unknown_url"),
             Error::MethodNotAllowed(_) => ("invalid_request_error", "method_not_allowed"),
@@ -107,12 +115,14 @@ impl Error {
             Error::UpstreamUnreachable(_) => ("keyless_error", "upstream_unreachable"),
             Error::UpstreamTimeout(_) => ("keyless_error", "upstream_timeout"),
             Error::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            Error::Unauthenticated(_) => ("invalid_request_error", "invalid_api_key"),
+            Error::ModelNotAllowed(_) => ("invalid_request_error", "model_not_allowed"),
         }
     }
 
     /// The OpenAI-shaped JSON body: `{"error":{"message","type","param","code"}}`.
     pub fn body(&self) -> Bytes {
-        let (kind, code) = self.kind();
+        let (kind, code) = self.kind_and_code();
         let body = serde_json::json!({
             "error": {
                 "message": self.to_string(),

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod apps;
 pub mod auth;
 pub mod backend;
 pub mod body;
@@ -23,6 +24,7 @@ pub mod server;
 pub mod simulate;
 pub mod telemetry;
 pub mod upstream;
+pub mod usage;
 
 use auth::{Acquire, TokenCache};
 use config::{Config, Target};

@@ -59,6 +59,9 @@ enum Command {
     Serve(Flags),
     /// Check the configuration, the credential and the endpoint, and explain what is wrong.
     Check(keyless::check::CheckArgs),
+    /// Read an app key on stdin and print its SHA-256 (64 lowercase hex digits), the
+    /// `key_sha256` of an `[[apps]]` entry. A trailing newline is not part of the key.
+    HashKey,
     /// Run only the Azure OpenAI simulator (a fake upstream for tests and benchmarks).
     Simulator {
         /// Address to listen on.
@@ -101,12 +104,32 @@ fn main() -> ExitCode {
                 init_tracing(args.flags.log_format.unwrap_or_default());
                 keyless::check::run(&args).await
             }
+            Command::HashKey => hash_key(),
             Command::Simulator {
                 listen,
                 identity_header,
             } => simulator(listen, identity_header).await,
         }
     })
+}
+
+/// `keyless hash-key`: stdin -> SHA-256 hex. The key is never echoed.
+fn hash_key() -> ExitCode {
+    let mut key = Vec::new();
+    if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut key) {
+        eprintln!("keyless: cannot read the key from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    // `echo KEY |` adds a newline; a key never ends with one.
+    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        key.pop();
+    }
+    if key.is_empty() {
+        eprintln!("keyless: no key on stdin (try: printf %s \"$KEY\" | keyless hash-key)");
+        return ExitCode::from(2);
+    }
+    println!("{}", keyless::apps::sha256_hex(&key));
+    ExitCode::SUCCESS
 }
 
 async fn serve(flags: Flags) -> ExitCode {

@@ -34,6 +34,10 @@ pub struct JsonFields<'a> {
     /// The Responses API's `store` flag, when it is a boolean: `false` means Azure keeps
     /// no state for the request, so sending it twice repeats no side effect.
     pub store: Option<bool>,
+    /// The top-level `stream` flag, when it is a boolean.
+    pub stream: Option<bool>,
+    /// Whether the body has a top-level `stream_options`.
+    pub stream_options: bool,
 }
 
 /// Validates `body` as JSON and finds its top-level string `model`, if any.
@@ -47,12 +51,14 @@ pub fn find_json_model(body: &[u8]) -> Result<Option<JsonModel<'_>>, serde_json:
 /// Validates `body` as JSON and reads its `model` and completion budget in one pass.
 pub fn read_json(body: &[u8]) -> Result<JsonFields<'_>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let (raw, max_tokens, store) = TopLevel.deserialize(&mut de)?;
+    let found = TopLevel.deserialize(&mut de)?;
     de.end()?;
     Ok(JsonFields {
-        model: model_span(body, raw)?,
-        max_tokens,
-        store,
+        model: model_span(body, found.model)?,
+        max_tokens: found.max_tokens,
+        store: found.store,
+        stream: found.stream,
+        stream_options: found.stream_options,
     })
 }
 
@@ -92,8 +98,15 @@ fn splice(body: &[u8], span: Range<usize>, replacement: &[u8]) -> Bytes {
 /// Visits the top level: an object is scanned for `model`, anything else is skipped.
 struct TopLevel;
 
-/// The raw `model`, the completion budget and `store`.
-type Found<'de> = (Option<&'de RawValue>, Option<u64>, Option<bool>);
+/// The raw `model`, the completion budget, `store` and the stream fields.
+#[derive(Default)]
+struct Found<'de> {
+    model: Option<&'de RawValue>,
+    max_tokens: Option<u64>,
+    store: Option<bool>,
+    stream: Option<bool>,
+    stream_options: bool,
+}
 
 impl<'de> DeserializeSeed<'de> for TopLevel {
     type Value = Found<'de>;
@@ -111,55 +124,61 @@ impl<'de> Visitor<'de> for TopLevel {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut model = None;
-        let mut max_tokens = None;
-        let mut store = None;
+        let mut found = Found::default();
         while let Some(key) = map.next_key::<Str<'de>>()? {
             match &*key.0 {
                 "model" => {
-                    if model.is_some() {
+                    if found.model.is_some() {
                         return Err(de::Error::custom("duplicate field `model`"));
                     }
-                    model = Some(map.next_value::<&'de RawValue>()?);
+                    found.model = Some(map.next_value::<&'de RawValue>()?);
                 }
                 "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
                     let raw = map.next_value::<&'de RawValue>()?;
-                    max_tokens = max_tokens.or_else(|| raw.get().parse::<u64>().ok());
+                    found.max_tokens = found.max_tokens.or_else(|| raw.get().parse::<u64>().ok());
                 }
                 "store" => {
                     let raw = map.next_value::<&'de RawValue>()?;
-                    store = raw.get().parse::<bool>().ok();
+                    found.store = raw.get().parse::<bool>().ok();
+                }
+                "stream" => {
+                    let raw = map.next_value::<&'de RawValue>()?;
+                    found.stream = raw.get().parse::<bool>().ok();
+                }
+                "stream_options" => {
+                    map.next_value::<IgnoredAny>()?;
+                    found.stream_options = true;
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok((model, max_tokens, store))
+        Ok(found)
     }
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok((None, None, None))
+        Ok(Found::default())
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok((None, None, None))
+        Ok(Found::default())
     }
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok((None, None, None))
+        Ok(Found::default())
     }
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok((None, None, None))
+        Ok(Found::default())
     }
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok((None, None, None))
+        Ok(Found::default())
     }
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok((None, None, None))
+        Ok(Found::default())
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok((None, None, None))
+        Ok(Found::default())
     }
 }
 

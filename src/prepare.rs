@@ -97,6 +97,8 @@ pub(crate) struct Prepared {
     sent: bool,
     /// The body's `store` flag (Responses), for the retry rules.
     pub(crate) store: Option<bool>,
+    /// A JSON body with `"stream": true` and no `stream_options`.
+    stream_without_options: bool,
     /// What this body takes of the replay budget, if it was held for it.
     _reservation: Option<Reservation>,
 }
@@ -110,6 +112,7 @@ impl Prepared {
             replay: false,
             sent: false,
             store: None,
+            stream_without_options: false,
             _reservation: None,
         }
     }
@@ -124,8 +127,33 @@ impl Prepared {
             tokens,
             sent: false,
             store: None,
+            stream_without_options: false,
             _reservation: None,
         }
+    }
+
+    /// Asks a chat stream that did not ask for it to carry usage in its last frame
+    /// (`stream_options.include_usage`); `true` when the body was changed, and the client
+    /// must not see that frame.
+    pub(crate) fn ask_for_usage(&mut self) -> bool {
+        if !self.stream_without_options {
+            return false;
+        }
+        let Payload::Held(bytes) = &self.payload else {
+            return false;
+        };
+        let Some(changed) = crate::usage::with_include_usage(bytes) else {
+            return false;
+        };
+        // Inserted after the opening brace, before everything else: the model moves by
+        // what was added.
+        let added = changed.len() - bytes.len();
+        if let Some(at) = &mut self.model {
+            at.span = at.span.start + added..at.span.end + added;
+        }
+        self.payload = Payload::Held(changed);
+        self.stream_without_options = false;
+        true
     }
 
     /// Keeps the body's model as it is on every attempt: an Azure-style request whose
@@ -203,8 +231,10 @@ pub(crate) async fn prepare(
             span: m.span,
             kind: Splice::Json,
         });
+        let stream_without_options = fields.stream == Some(true) && !fields.stream_options;
         let mut prepared = Prepared::held(bytes, model, tokens, cap);
         prepared.store = store;
+        prepared.stream_without_options = stream_without_options;
         return Ok(prepared);
     }
     if multipart && op.has_multipart_model() {

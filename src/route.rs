@@ -25,6 +25,8 @@ pub enum Inbound<'a> {
     Ready,
     /// `GET /metrics`.
     Metrics,
+    /// `/usage`: token usage by app and deployment.
+    Usage,
     /// An OpenAI-style operation, e.g. `chat/completions` or `files/file-1/content`,
     /// as received (still percent-encoded), without leading `/v1/`.
     OpenAi(Op<'a>),
@@ -109,6 +111,7 @@ pub fn classify(path: &str) -> Inbound<'_> {
         "/healthz" => return Inbound::Health,
         "/readyz" => return Inbound::Ready,
         "/metrics" => return Inbound::Metrics,
+        "/usage" => return Inbound::Usage,
         _ => {}
     }
     if let Some(why) = refusal(path) {
@@ -330,6 +333,7 @@ pub fn label(inbound: &Inbound<'_>) -> &'static str {
         Inbound::Health => "healthz",
         Inbound::Ready => "readyz",
         Inbound::Metrics => "metrics",
+        Inbound::Usage => "usage",
         Inbound::Azure(_) => "azure",
         Inbound::Refused(_) => "refused",
         Inbound::Unknown => "unknown",

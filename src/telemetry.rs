@@ -4,9 +4,11 @@
 //! goes out, so that a stream's line carries its real duration and byte count. Nothing
 //! here ever holds a header value: tokens and keys cannot reach a log line or a label.
 
+use crate::apps::Standing;
 use crate::auth::TokenCache;
-use crate::body::{BodyEnd, End};
+use crate::body::{BodyEnd, End, Ended};
 use crate::limit::Permit;
+use crate::usage::Usage;
 use http::Method;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -15,7 +17,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 /// Labels of `keyless_requests_total`.
@@ -23,6 +27,8 @@ use std::time::{Instant, SystemTime};
 pub struct RequestLabels {
     /// The operation (`chat/completions`, `responses`, `azure`, ...), a bounded set.
     pub route: &'static str,
+    /// The app (a configured name), or empty.
+    pub app: Arc<str>,
     /// The deployment, or empty.
     pub deployment: Arc<str>,
     /// The backend, or empty.
@@ -63,6 +69,87 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+/// Labels of `keyless_tokens_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenUseLabels {
+    /// The app, or empty.
+    pub app: Arc<str>,
+    /// The deployment (bounded, as everywhere).
+    pub deployment: Arc<str>,
+    /// `prompt`, `completion`, `cached` or `reasoning`.
+    pub kind: &'static str,
+}
+
+/// A `/usage` row's key: app (empty: none), deployment, model.
+type RowKey = (Arc<str>, Arc<str>, Arc<str>);
+
+/// Token usage totals, by app, deployment and model, since start: `GET /usage`.
+pub struct UsageBook {
+    since: SystemTime,
+    rows: Mutex<HashMap<RowKey, Totals>>,
+}
+
+/// One row's totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Requests answered.
+    pub requests: u64,
+    /// Tokens, as Azure counted them.
+    pub usage: Usage,
+}
+
+impl UsageBook {
+    fn new() -> UsageBook {
+        UsageBook {
+            since: SystemTime::now(),
+            rows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn add(&self, key: RowKey, usage: Option<Usage>) {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let row = rows.entry(key).or_default();
+        row.requests += 1;
+        if let Some(u) = usage {
+            let t = &mut row.usage;
+            t.prompt += u.prompt;
+            t.completion += u.completion;
+            t.total += u.total;
+            t.cached += u.cached;
+            t.reasoning += u.reasoning;
+        }
+    }
+
+    /// `{"since", "usage": [...]}` for one app, or for all (`None`).
+    pub fn render(&self, app: Option<&str>) -> String {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<_> = rows
+            .iter()
+            .filter(|((a, _, _), _)| app.is_none_or(|want| &**a == want))
+            .map(|((a, d, m), t)| {
+                serde_json::json!({
+                    "app": if a.is_empty() { serde_json::Value::Null } else { (&**a).into() },
+                    "deployment": &**d,
+                    "model": &**m,
+                    "requests": t.requests,
+                    "prompt_tokens": t.usage.prompt,
+                    "completion_tokens": t.usage.completion,
+                    "total_tokens": t.usage.total,
+                    "cached_tokens": t.usage.cached,
+                    "reasoning_tokens": t.usage.reasoning,
+                })
+            })
+            .collect();
+        drop(rows);
+        list.sort_by_key(|row| row.to_string());
+        serde_json::json!({
+            "since": humantime::format_rfc3339_seconds(self.since).to_string(),
+            "usage": list,
+        })
+        .to_string()
+    }
+}
+
 /// Every metric keyless keeps.
 pub struct Telemetry {
     registry: Registry,
@@ -80,6 +167,12 @@ pub struct Telemetry {
     pub in_flight: Gauge,
     /// SSE responses open.
     pub open_streams: Gauge,
+    /// Tokens Azure says answers used, by app, deployment and kind.
+    pub tokens: Family<TokenUseLabels, Counter>,
+    /// Time from request to the first byte of a streamed answer.
+    pub first_token: Family<RouteLabels, Histogram>,
+    /// Usage totals for `/usage`.
+    pub usage: UsageBook,
     /// The label value for "none", made once rather than per request.
     empty_label: Arc<str>,
 }
@@ -111,6 +204,20 @@ impl Telemetry {
         let rate_limited = Family::<LimitLabels, Counter>::default();
         let in_flight = Gauge::default();
         let open_streams = Gauge::default();
+        let tokens_used = Family::<TokenUseLabels, Counter>::default();
+        let first_token = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "tokens",
+            "Tokens Azure OpenAI's answers say they used, by app, deployment and kind",
+            tokens_used.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from request to the first byte of a streamed answer",
+            first_token.clone(),
+        );
         registry.register("requests", "Requests answered", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -152,6 +259,9 @@ impl Telemetry {
             rate_limited,
             in_flight,
             open_streams,
+            tokens: tokens_used,
+            first_token,
+            usage: UsageBook::new(),
             empty_label: Arc::from(""),
         }
     }
@@ -259,6 +369,12 @@ pub struct Record {
     pub stream: bool,
     /// The concurrency slot, released with the record.
     pub permit: Permit,
+    /// The app (shared gateway), when one was identified.
+    pub app: Option<Arc<str>>,
+    /// The model, for `/usage`: a configured name, else the deployment's label (bounded).
+    pub model_label: Option<Arc<str>>,
+    /// The app's quotas after this request: its answer's `x-ratelimit-*`.
+    pub standing: Option<Standing>,
     /// Fired when the shutdown grace is over: a body cut then was cut by keyless.
     cut: Option<tokio_util::sync::CancellationToken>,
     done: bool,
@@ -295,6 +411,9 @@ impl Record {
             started: Instant::now(),
             stream: false,
             permit: Permit::default(),
+            app: None,
+            model_label: None,
+            standing: None,
             cut: None,
             done: false,
         }
@@ -314,14 +433,30 @@ impl Record {
     }
 
     /// Counts and logs the request now that its response is over.
-    pub fn finish(mut self, bytes: u64, end: End) {
-        self.complete(bytes, end);
+    pub fn finish(self, bytes: u64, end: End) {
+        self.finish_with(Ended {
+            bytes,
+            end,
+            first_byte: None,
+            usage: None,
+        });
     }
 
-    fn complete(&mut self, bytes: u64, end: End) {
+    /// [`Record::finish`], with what the body saw: usage, the first byte.
+    pub fn finish_with(mut self, ended: Ended) {
+        self.complete(ended);
+    }
+
+    fn complete(&mut self, ended: Ended) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        let Ended {
+            bytes,
+            end,
+            first_byte,
+            usage,
+        } = ended;
         let elapsed = self.started.elapsed();
         let telemetry = &self.telemetry;
         let empty = &telemetry.empty_label;
@@ -334,6 +469,7 @@ impl Record {
             .requests
             .get_or_create(&RequestLabels {
                 route: self.route,
+                app: self.app.clone().unwrap_or_else(|| empty.clone()),
                 deployment: self
                     .deployment_label
                     .clone()
@@ -349,7 +485,50 @@ impl Record {
         telemetry.in_flight.dec();
         if self.stream {
             telemetry.open_streams.dec();
+            if let Some(first) = first_byte {
+                telemetry
+                    .first_token
+                    .get_or_create(&RouteLabels { route: self.route })
+                    .observe(
+                        first
+                            .saturating_duration_since(self.started.into())
+                            .as_secs_f64(),
+                    );
+            }
         }
+        let app = self.app.clone().unwrap_or_else(|| empty.clone());
+        if let Some(deployment) = &self.deployment_label {
+            if let Some(u) = usage {
+                for (kind, n) in [
+                    ("prompt", u.prompt),
+                    ("completion", u.completion),
+                    ("cached", u.cached),
+                    ("reasoning", u.reasoning),
+                ] {
+                    if n > 0 {
+                        telemetry
+                            .tokens
+                            .get_or_create(&TokenUseLabels {
+                                app: app.clone(),
+                                deployment: deployment.clone(),
+                                kind,
+                            })
+                            .inc_by(n);
+                    }
+                }
+            }
+            let model = self
+                .model_label
+                .clone()
+                .unwrap_or_else(|| deployment.clone());
+            telemetry
+                .usage
+                .add((app.clone(), deployment.clone(), model), usage);
+        }
+        let u = usage.unwrap_or_default();
+        let (prompt_tokens, completion_tokens, total_tokens) = (u.prompt, u.completion, u.total);
+        let (cached_tokens, reasoning_tokens) = (u.cached, u.reasoning);
+        let app = &*app;
         let cut = self.cut.as_ref().is_some_and(|t| t.is_cancelled());
         let outcome = match &end {
             End::Complete => "complete",
@@ -372,15 +551,17 @@ impl Record {
             tracing::debug!(method = %self.method, route = self.route, status, duration_ms, "probe");
         } else if matches!(end, End::Failed(_)) || outcome == "shutdown" {
             tracing::warn!(
-                method = %self.method, route = self.route, path, deployment, backend,
+                method = %self.method, route = self.route, path, app, deployment, backend,
                 attempts, status, duration_ms, bytes,
+                prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens,
                 request_id, upstream_request_id, outcome, error,
                 "request"
             );
         } else {
             tracing::info!(
-                method = %self.method, route = self.route, path, deployment, backend,
+                method = %self.method, route = self.route, path, app, deployment, backend,
                 attempts, status, duration_ms, bytes,
+                prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens,
                 request_id, upstream_request_id, outcome, error,
                 "request"
             );
@@ -393,12 +574,17 @@ impl Drop for Record {
     fn drop(&mut self) {
         // Not finished: the handler's future was dropped before the head (the client
         // went away), or the body was dropped unpolled.
-        self.complete(0, End::ClientGone);
+        self.complete(Ended {
+            bytes: 0,
+            end: End::ClientGone,
+            first_byte: None,
+            usage: None,
+        });
     }
 }
 
 impl BodyEnd for Record {
-    fn end(self: Box<Self>, bytes: u64, end: End) {
-        (*self).finish(bytes, end);
+    fn end(self: Box<Self>, ended: Ended) {
+        (*self).finish_with(ended);
     }
 }

@@ -1,0 +1,486 @@
+//! Who is calling a shared gateway: app keys, each app's model allowlist and quotas.
+//!
+//! With `[[apps]]` configured, every route that reaches Azure needs a key, presented the
+//! way the client's SDK already does: `Authorization: Bearer KEY` (OpenAI SDKs, curl) or
+//! `api-key: KEY` (AzureOpenAI SDKs). Only the key's SHA-256 is kept; a presented key is
+//! hashed and compared with every app's hash in constant time, all of them each time, so
+//! a failed comparison costs the same whatever the key. The key never goes further:
+//! `rewrite` removes both headers before Azure, and nothing here logs it.
+//!
+//! An app's `rpm` and `tpm` are GCRAs of rate N a minute with a burst of N (rpm = 3: three
+//! at once, then one every 20 s), on top of the deployment limits (both must admit).
+
+use crate::config::AppSpec;
+use crate::error::Error;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// The apps of a shared gateway.
+pub struct Apps {
+    apps: Vec<Arc<App>>,
+}
+
+/// One app: its name, allowlist and quotas.
+pub struct App {
+    /// Its name: the label in logs, metrics and `/usage`.
+    pub name: Arc<str>,
+    key_sha256: [u8; 32],
+    models: Option<Vec<String>>,
+    requests: Option<Budget>,
+    tokens: Option<Budget>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One per-minute quota of an app, counted in this process.
+struct Budget {
+    limit: NonZeroU32,
+    gcra: Gcra,
+    /// What the last decision left: governor tells it only on a decision, and looking
+    /// must not spend.
+    last_remaining: AtomicU32,
+}
+
+/// What an app's quotas said of a request: the `x-ratelimit-*` values its answer carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// Requests: limit, remaining, time until the quota is whole again.
+    pub requests: Option<Level>,
+    /// Tokens: the same.
+    pub tokens: Option<Level>,
+}
+
+/// One quota's state after a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Level {
+    /// The quota per minute (also the burst).
+    pub limit: u32,
+    /// What is left now.
+    pub remaining: u32,
+    /// Until the quota is whole again.
+    pub reset: Duration,
+}
+
+/// An app's quota refused a request.
+#[derive(Debug)]
+pub struct Refused {
+    /// The 429 to answer.
+    pub error: Error,
+    /// The quotas' state, for the answer's headers.
+    pub standing: Standing,
+}
+
+impl Apps {
+    /// The apps of `specs`; `None` when there are none (no keys asked for).
+    pub fn new(specs: &[AppSpec]) -> Option<Apps> {
+        if specs.is_empty() {
+            return None;
+        }
+        let budget = |limit: Option<NonZeroU32>| {
+            limit.map(|limit| Budget {
+                limit,
+                gcra: RateLimiter::direct(Quota::per_minute(limit).allow_burst(limit))
+                    .with_middleware::<StateInformationMiddleware>(),
+                last_remaining: AtomicU32::new(limit.get()),
+            })
+        };
+        Some(Apps {
+            apps: specs
+                .iter()
+                .map(|spec| {
+                    Arc::new(App {
+                        name: Arc::from(spec.name.as_str()),
+                        key_sha256: spec.key_sha256,
+                        models: spec.models.clone(),
+                        requests: budget(spec.rpm),
+                        tokens: budget(spec.tpm),
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    /// The app whose key the request carries: 401 `invalid_api_key` when it carries none
+    /// or an unknown one.
+    pub fn identify(&self, headers: &HeaderMap) -> Result<Arc<App>, Error> {
+        let Some(key) = presented_key(headers) else {
+            return Err(Error::Unauthenticated(
+                "Missing API key: this keyless gateway needs your app's key, as \
+                 `Authorization: Bearer KEY` or `api-key: KEY`"
+                    .into(),
+            ));
+        };
+        let hash = sha256(key);
+        // Every app is compared, whatever matched: the time taken does not depend on
+        // which app (if any) the key belongs to.
+        let mut found = None;
+        for app in &self.apps {
+            if aws_lc_rs::constant_time::verify_slices_are_equal(&hash, &app.key_sha256).is_ok() {
+                found = Some(app);
+            }
+        }
+        found.cloned().ok_or_else(|| {
+            Error::Unauthenticated("Incorrect API key provided for this keyless gateway".into())
+        })
+    }
+}
+
+impl App {
+    /// Whether the app may use `model` (the client-side name): 403 `model_not_allowed`
+    /// otherwise. A request that names no model (files, batches, model lists) passes.
+    pub fn allows(&self, model: Option<&str>) -> Result<(), Error> {
+        match (&self.models, model) {
+            (Some(models), Some(model)) if !models.iter().any(|m| m == model) => {
+                Err(Error::ModelNotAllowed(format!(
+                    "The app {:?} may not use the model {:?}",
+                    &*self.name,
+                    model.chars().take(64).collect::<String>()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the app has quotas (and its answers carry `x-ratelimit-*`).
+    pub fn has_quotas(&self) -> bool {
+        self.requests.is_some() || self.tokens.is_some()
+    }
+
+    /// Takes one request and `tokens` estimated tokens from the app's quotas, or says
+    /// why not (a 429 with the wait).
+    pub fn admit(&self, tokens: u32) -> Result<Standing, Refused> {
+        let mut standing = Standing::default();
+        if let Some(budget) = &self.requests {
+            match budget.take(1) {
+                Ok(level) => standing.requests = Some(level),
+                Err((wait, level)) => {
+                    standing.requests = Some(level);
+                    standing.tokens = self.tokens.as_ref().map(Budget::level);
+                    return Err(refused("requests per minute", wait, standing));
+                }
+            }
+        }
+        if let Some(budget) = &self.tokens {
+            match budget.take(tokens) {
+                Ok(level) => standing.tokens = Some(level),
+                Err((wait, level)) => {
+                    standing.tokens = Some(level);
+                    return Err(refused("tokens per minute", wait, standing));
+                }
+            }
+        }
+        Ok(standing)
+    }
+}
+
+fn refused(limit: &'static str, wait: Duration, standing: Standing) -> Refused {
+    Refused {
+        error: Error::RateLimited {
+            limit,
+            retry_after: wait,
+        },
+        standing,
+    }
+}
+
+impl Budget {
+    /// The time one unit takes to come back.
+    fn unit(&self) -> Duration {
+        Duration::from_secs(60) / self.limit.get()
+    }
+
+    fn level_with(&self, remaining: u32) -> Level {
+        Level {
+            limit: self.limit.get(),
+            remaining,
+            reset: self.unit() * (self.limit.get() - remaining.min(self.limit.get())),
+        }
+    }
+
+    /// The state as the last decision left it, without taking anything.
+    fn level(&self) -> Level {
+        self.level_with(self.last_remaining.load(Ordering::Relaxed))
+    }
+
+    /// Takes `n` units (at least one, at most the burst: a request larger than the whole
+    /// quota counts as the whole quota), or says how long until they could be taken.
+    fn take(&self, n: u32) -> Result<Level, (Duration, Level)> {
+        let n = NonZeroU32::new(n.max(1))
+            .unwrap_or(NonZeroU32::MIN)
+            .min(self.limit);
+        match self.gcra.check_n(n) {
+            Ok(Ok(snapshot)) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                self.last_remaining.store(remaining, Ordering::Relaxed);
+                Ok(self.level_with(remaining))
+            }
+            Ok(Err(not_until)) => {
+                self.last_remaining.store(0, Ordering::Relaxed);
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Err((wait, self.level_with(0)))
+            }
+            // Cannot happen: `n` is capped at the burst.
+            Err(_) => Err((Duration::from_secs(60), self.level_with(0))),
+        }
+    }
+}
+
+impl Standing {
+    /// Writes OpenAI's `x-ratelimit-*` headers for the quotas the app has, replacing
+    /// Azure's (which describe the deployment, shared by every app).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        let trio = [
+            (
+                self.requests,
+                X_LIMIT_REQUESTS,
+                X_REMAINING_REQUESTS,
+                X_RESET_REQUESTS,
+            ),
+            (
+                self.tokens,
+                X_LIMIT_TOKENS,
+                X_REMAINING_TOKENS,
+                X_RESET_TOKENS,
+            ),
+        ];
+        for (level, limit, remaining, reset) in trio {
+            let Some(level) = level else { continue };
+            headers.insert(limit, HeaderValue::from(level.limit));
+            headers.insert(remaining, HeaderValue::from(level.remaining));
+            if let Ok(value) = HeaderValue::from_str(&go_duration(level.reset)) {
+                headers.insert(reset, value);
+            }
+        }
+    }
+}
+
+const X_LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const X_REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const X_RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const X_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const X_REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const X_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
+/// A duration as OpenAI writes its reset headers (Go's format): `20ms`, `1s`, `1.5s`,
+/// `6m0s`, `1h2m3s`.
+pub fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let (s, frac) = (rest / 1000, rest % 1000);
+    let seconds = if frac == 0 {
+        format!("{s}s")
+    } else {
+        let frac = format!("{frac:03}");
+        format!("{s}.{}s", frac.trim_end_matches('0'))
+    };
+    match (h, m) {
+        (0, 0) => seconds,
+        (0, m) => format!("{m}m{seconds}"),
+        (h, m) => format!("{h}h{m}m{seconds}"),
+    }
+}
+
+/// The key a client presents: `Authorization: Bearer KEY`, else `api-key: KEY`.
+fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .and_then(|v| {
+            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii())
+        })
+        .filter(|k| !k.is_empty());
+    bearer.or_else(|| {
+        headers
+            .get("api-key")
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|k| !k.is_empty())
+    })
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// SHA-256 as 64 lowercase hex digits (`keyless hash-key`).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    sha256(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, key: &str, rpm: Option<u32>, tpm: Option<u32>) -> AppSpec {
+        AppSpec {
+            name: name.into(),
+            key_sha256: sha256(key.as_bytes()),
+            models: Some(vec!["gpt-4o-mini".into()]),
+            rpm: rpm.and_then(NonZeroU32::new),
+            tpm: tpm.and_then(NonZeroU32::new),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn sha256_hex_is_the_known_digest() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn keys_in_either_header_identify_their_app() {
+        let apps = Apps::new(&[
+            spec("a", "key-a", None, None),
+            spec("b", "key-b", None, None),
+        ])
+        .unwrap();
+        let by_bearer = apps
+            .identify(&headers(&[("authorization", "Bearer key-b")]))
+            .unwrap();
+        assert_eq!(&*by_bearer.name, "b");
+        let by_api_key = apps.identify(&headers(&[("api-key", "key-a")])).unwrap();
+        assert_eq!(&*by_api_key.name, "a");
+        for bad in [
+            headers(&[]),
+            headers(&[("authorization", "Bearer nope")]),
+            headers(&[("authorization", "Basic key-a")]),
+            headers(&[("api-key", "")]),
+        ] {
+            let err = apps.identify(&bad).unwrap_err();
+            assert_eq!(err.status(), 401);
+            assert_eq!(err.kind_and_code().1, "invalid_api_key");
+        }
+    }
+
+    #[test]
+    fn the_allowlist_names_client_side_models() {
+        let apps = Apps::new(&[spec("a", "k", None, None)]).unwrap();
+        let app = apps.identify(&headers(&[("api-key", "k")])).unwrap();
+        assert!(app.allows(Some("gpt-4o-mini")).is_ok());
+        assert!(app.allows(None).is_ok(), "no model named: files, batches");
+        let err = app.allows(Some("gpt-4o")).unwrap_err();
+        assert_eq!(err.status(), 403);
+        assert_eq!(err.kind_and_code().1, "model_not_allowed");
+    }
+
+    #[test]
+    fn rpm_is_a_burst_of_n_then_one_every_60_over_n_seconds() {
+        let apps = Apps::new(&[spec("a", "k", Some(3), None)]).unwrap();
+        let app = apps.identify(&headers(&[("api-key", "k")])).unwrap();
+        let remaining: Vec<u32> = (0..3)
+            .map(|_| app.admit(1).unwrap().requests.unwrap().remaining)
+            .collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        let refused = app.admit(1).unwrap_err();
+        let Error::RateLimited { retry_after, .. } = refused.error else {
+            panic!("a 429")
+        };
+        assert!(
+            retry_after > Duration::from_secs(19) && retry_after <= Duration::from_secs(20),
+            "{retry_after:?}"
+        );
+        let level = refused.standing.requests.unwrap();
+        assert_eq!((level.limit, level.remaining), (3, 0));
+        assert_eq!(level.reset, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn tpm_counts_the_estimate() {
+        let apps = Apps::new(&[spec("a", "k", None, Some(1000))]).unwrap();
+        let app = apps.identify(&headers(&[("api-key", "k")])).unwrap();
+        let level = app.admit(600).unwrap().tokens.unwrap();
+        assert_eq!(level.remaining, 400);
+        let refused = app.admit(600).unwrap_err();
+        assert!(matches!(
+            refused.error,
+            Error::RateLimited {
+                limit: "tokens per minute",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn headers_replace_azures() {
+        let mut h = headers(&[("x-ratelimit-remaining-requests", "999")]);
+        Standing {
+            requests: Some(Level {
+                limit: 60,
+                remaining: 59,
+                reset: Duration::from_secs(1),
+            }),
+            tokens: None,
+        }
+        .apply(&mut h);
+        assert_eq!(h["x-ratelimit-limit-requests"], "60");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "59");
+        assert_eq!(h["x-ratelimit-reset-requests"], "1s");
+        assert!(!h.contains_key("x-ratelimit-limit-tokens"));
+    }
+
+    #[test]
+    fn durations_in_gos_format() {
+        for (ms, text) in [
+            (20, "20ms"),
+            (1000, "1s"),
+            (1500, "1.5s"),
+            (360_000, "6m0s"),
+            (3_723_000, "1h2m3s"),
+        ] {
+            assert_eq!(go_duration(Duration::from_millis(ms)), text);
+        }
+    }
+
+    #[test]
+    fn debug_shows_no_key_material() {
+        let s = spec("billing", "secret-key", Some(1), None);
+        let hex = sha256_hex(b"secret-key");
+        let shown = format!("{s:?}");
+        assert!(shown.contains("billing"));
+        assert!(!shown.contains(&hex[..16]));
+        assert!(!shown.contains("key_sha256"));
+        let apps = Apps::new(&[s]).unwrap();
+        let app = apps
+            .identify(&headers(&[("api-key", "secret-key")]))
+            .unwrap();
+        assert!(!format!("{app:?}").contains(&hex[..16]));
+    }
+}
