@@ -99,6 +99,8 @@ pub(crate) struct Prepared {
     pub(crate) store: Option<bool>,
     /// A JSON body with `"stream": true` and no `stream_options`.
     stream_without_options: bool,
+    /// keyless changed the held body (its `Content-Length` must follow).
+    changed: bool,
     /// What this body takes of the replay budget, if it was held for it.
     _reservation: Option<Reservation>,
 }
@@ -113,6 +115,7 @@ impl Prepared {
             sent: false,
             store: None,
             stream_without_options: false,
+            changed: false,
             _reservation: None,
         }
     }
@@ -128,6 +131,7 @@ impl Prepared {
             sent: false,
             store: None,
             stream_without_options: false,
+            changed: false,
             _reservation: None,
         }
     }
@@ -153,6 +157,7 @@ impl Prepared {
         }
         self.payload = Payload::Held(changed);
         self.stream_without_options = false;
+        self.changed = true;
         true
     }
 
@@ -184,7 +189,10 @@ impl Prepared {
                     let len = rewritten.len();
                     Some((Body::from(rewritten), Some(len)))
                 }
-                _ => Some((Body::from(bytes.clone()), None)),
+                _ => Some((
+                    Body::from(bytes.clone()),
+                    self.changed.then_some(bytes.len()),
+                )),
             },
         }
     }

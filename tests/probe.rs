@@ -9,79 +9,16 @@
 mod support;
 
 use bytes::Bytes;
-use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::identity::FakeIdentity;
 use support::mock::{Mock, Reply, client, script};
-use support::{KeylessProcess, spawn_keyless};
+use support::running::{self, Running};
 
 const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
 
-/// keyless (the binary) in front of `mock`, with `toml` as its config file and `args`.
-struct Running {
-    keyless: KeylessProcess,
-    _identity: FakeIdentity,
-    _config: tempfile::NamedTempFile,
-}
-
-impl Running {
-    fn url(&self) -> String {
-        self.keyless.url()
-    }
-}
-
 async fn start(mock: &Mock, toml: &str, args: &[&str]) -> Running {
-    let identity =
-        FakeIdentity::start("probe-header", Duration::ZERO, |n| format!("tok-{n}")).await;
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    config.write_all(toml.as_bytes()).unwrap();
-    let mut all: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--endpoint",
-        mock.url.as_str(),
-        "--credential",
-        "managed-identity",
-        "--config",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    all.push(config.path().display().to_string());
-    all.extend(args.iter().map(|s| s.to_string()));
-    let id_url = identity.url.clone();
-    let keyless = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = all.iter().map(String::as_str).collect();
-        spawn_keyless(
-            &args,
-            &[
-                ("IDENTITY_ENDPOINT", &id_url),
-                ("IDENTITY_HEADER", "probe-header"),
-                ("KEYLESS_LOG", "info"),
-            ],
-        )
-    })
-    .await
-    .unwrap();
-    let running = Running {
-        keyless,
-        _identity: identity,
-        _config: config,
-    };
-    // Ready: the first token is held, so no test measures an acquisition.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client()
-        .get(format!("{}/readyz", running.url()))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "{}", running.keyless.report());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    running
+    running::start(mock.url.as_str(), toml, args).await
 }
 
 async fn post(

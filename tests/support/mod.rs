@@ -11,6 +11,7 @@
 
 pub mod identity;
 pub mod mock;
+pub mod running;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read};
