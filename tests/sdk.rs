@@ -189,3 +189,82 @@ fn node_sdk_through_managed_identity_v1_api() {
     let (keyless, simulator) = behind_managed_identity("v1");
     run_client(Sdk::Node, &keyless, Some(&simulator));
 }
+
+/// App keys for a shared gateway (issue 12): `a` may use gpt-4o-mini only, 3 a minute;
+/// `b` anything.
+const APP_KEY_A: &str = "sk-sdk-app-a-5f1d";
+const APP_KEY_B: &str = "sk-sdk-app-b-93c2";
+
+/// `keyless serve --simulate` with two apps, and the config file that holds them.
+fn simulated_with_apps() -> (KeylessProcess, tempfile::NamedTempFile) {
+    use std::io::Write as _;
+    let hash = |key: &str| keyless::apps::sha256_hex(key.as_bytes());
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        config,
+        "[[apps]]\nname = \"a\"\nkey_sha256 = \"{}\"\nmodels = [\"gpt-4o-mini\"]\nrpm = 3\n\n[[apps]]\nname = \"b\"\nkey_sha256 = \"{}\"\n",
+        hash(APP_KEY_A),
+        hash(APP_KEY_B)
+    )
+    .unwrap();
+    let path = config.path().display().to_string();
+    let keyless = spawn_keyless(
+        &["--simulate", "--listen", "127.0.0.1:0", "--config", &path],
+        &[],
+    );
+    (keyless, config)
+}
+
+/// Runs an app-key script (`python_apps.py`, `node_apps.mjs`) against a keyless with apps.
+#[track_caller]
+fn run_apps_client(sdk: Sdk) {
+    sdks_installed();
+    let (keyless, _config) = simulated_with_apps();
+    let dir = sdk_dir();
+    let mut command = match sdk {
+        Sdk::Python => {
+            let mut c = Command::new(dir.join(".venv").join("bin").join("python"));
+            c.arg(dir.join("python_apps.py"));
+            c
+        }
+        Sdk::Node => {
+            let mut c = Command::new("node");
+            c.arg(dir.join("node_apps.mjs"));
+            c
+        }
+    };
+    command
+        .args([keyless.url().as_str(), APP_KEY_A, APP_KEY_B])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(&dir);
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("OPENAI_")
+            || name.starts_with("AZURE_")
+            || name.to_ascii_lowercase().ends_with("_proxy")
+        {
+            command.env_remove(name);
+        }
+    }
+    let finished = support::run_with_timeout(command, SCRIPT_TIMEOUT);
+    assert!(
+        finished.success(),
+        "the {sdk:?} SDK failed with app keys: {}\n{}",
+        finished.report(),
+        keyless.report()
+    );
+    let log = keyless.output();
+    for key in [APP_KEY_A, APP_KEY_B] {
+        assert!(!log.contains(key), "an app key reached the log");
+    }
+}
+
+#[test]
+fn python_sdk_with_app_keys() {
+    run_apps_client(Sdk::Python);
+}
+
+#[test]
+fn node_sdk_with_app_keys() {
+    run_apps_client(Sdk::Node);
+}
