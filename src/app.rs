@@ -475,6 +475,12 @@ impl App {
                 std::mem::take(&mut parts.headers)
             };
             rewrite::request_headers(request.headers_mut(), authorization.clone());
+            if carries_usage(destination.op) {
+                // The usage scan reads the answer's bytes: they must come uncompressed
+                // (the client's leg is loopback or a cluster network, where gzip buys
+                // little).
+                request.headers_mut().remove(header::ACCEPT_ENCODING);
+            }
             if let Some(len) = new_len {
                 rewrite::set_content_length(request.headers_mut(), len);
             }
