@@ -12,6 +12,7 @@
 //!    retry (never once a byte went to the client), then hand the body to hyper as it
 //!    streams in, so SSE frames reach the client as Azure sends them.
 
+use crate::affinity::{self, Affinity, Learner};
 use crate::apps::Apps;
 use crate::auth::TokenCache;
 use crate::backend::{self, Backend, Pick, Router};
@@ -55,6 +56,8 @@ pub struct App {
     replay: Arc<ReplayBudget>,
     /// The apps of a shared gateway; `None`: no keys asked for.
     apps: Option<Arc<Apps>>,
+    /// Which backend created each stored response.
+    affinity: Arc<Affinity>,
 }
 
 /// Which listener a request came in on.
@@ -102,6 +105,7 @@ impl App {
         App {
             replay: ReplayBudget::new(config.retry.replay_budget_bytes),
             apps: Apps::new(&config.apps).map(Arc::new),
+            affinity: Affinity::new(),
             config: Arc::new(config),
             router: Arc::new(router),
             client,
@@ -317,6 +321,7 @@ impl App {
                         None => self.router.passthrough(),
                     },
                 };
+                let backends = self.stored_response(op, &prepared, backends);
                 client_model = named.or_else(|| prepared.model.as_ref().map(|m| m.name.clone()));
                 let destination = Destination {
                     path: UpstreamPath::Verbatim(path),
@@ -339,6 +344,7 @@ impl App {
                 .await?;
                 let model = prepared.model.as_ref().map(|m| m.name.as_str());
                 let backends = self.backends_for(op, model)?;
+                let backends = self.stored_response(op.path, &prepared, backends);
                 // `/usage` rows name configured models; others go by their deployment.
                 record.model_label = model
                     .filter(|m| self.config.models.contains_key(*m))
@@ -371,6 +377,46 @@ impl App {
             destination.remove_usage_frame = prepared.ask_for_usage();
         }
         self.proxy(&mut parts, destination, prepared, record).await
+    }
+
+    /// Where a request about a stored response goes: back to the backend that created it
+    /// (`responses/{id}...`), or to the previous response's endpoint (a new response with
+    /// `previous_response_id`). Unknown ids change nothing.
+    fn stored_response(
+        &self,
+        op: &str,
+        prepared: &Prepared,
+        backends: Arc<[Backend]>,
+    ) -> Arc<[Backend]> {
+        if !op.starts_with("responses") || self.affinity.is_empty() {
+            return backends;
+        }
+        if let Some(id) = affinity::id_in_path(op) {
+            return match self.affinity.get(id) {
+                Some(creator) => Arc::from([creator]),
+                None => backends,
+            };
+        }
+        let Some(creator) = prepared
+            .previous_response_id
+            .as_deref()
+            .and_then(|id| self.affinity.get(id))
+        else {
+            return backends;
+        };
+        // The model's backends on the creator's resource; the creator itself when the
+        // model has none there (Azure then says what it thinks).
+        let endpoint = &creator.deployment.upstream.endpoint;
+        let same: Vec<Backend> = backends
+            .iter()
+            .filter(|b| b.deployment.upstream.endpoint == *endpoint)
+            .cloned()
+            .collect();
+        if same.is_empty() {
+            Arc::from([creator])
+        } else {
+            Arc::from(same)
+        }
     }
 
     /// The backends for a model (or for a request without one).
@@ -580,7 +626,14 @@ impl App {
                     let tap = (response.status().is_success()
                         && parts.method == Method::POST
                         && carries_usage(destination.op))
-                    .then(|| Tap::new(destination.remove_usage_frame));
+                    .then(|| {
+                        let tap = Tap::new(destination.remove_usage_frame);
+                        if destination.op == "responses" {
+                            tap.learning(Learner::new(self.affinity.clone(), backend.clone()))
+                        } else {
+                            tap
+                        }
+                    });
                     return Ok(self.respond(response, lease, tap));
                 }
                 (_, Err(error)) => {

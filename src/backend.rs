@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use url::Url;
 
 /// An Azure OpenAI endpoint, split once at start-up so the hot path only joins parts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     scheme: Scheme,
     authority: Authority,

@@ -6,6 +6,7 @@
 //! trait object: no allocation per request, and `size_hint` stays exact so hyper keeps
 //! `Content-Length` framing where there was one.
 
+use crate::affinity::Learner;
 use crate::upstream::Lease;
 use crate::usage::{Scan, Usage, UsageFrameFilter};
 use bytes::Bytes;
@@ -67,6 +68,7 @@ pub trait BodyEnd: Send + Sync {
 pub struct Tap {
     scan: Scan,
     filter: Option<UsageFrameFilter>,
+    learn: Option<Learner>,
 }
 
 impl Tap {
@@ -75,7 +77,14 @@ impl Tap {
         Tap {
             scan: Scan::new(),
             filter: remove_usage_frame.then(UsageFrameFilter::default),
+            learn: None,
         }
+    }
+
+    /// Also learns which backend created the response the answer carries.
+    pub fn learning(mut self, learner: Learner) -> Tap {
+        self.learn = Some(learner);
+        self
     }
 
     /// Whether it takes the usage frame out.
@@ -238,6 +247,9 @@ impl UpstreamBody {
                     (Ok(data), Some(tap)) => {
                         self.first_byte.get_or_insert(now);
                         tap.scan.feed(&data);
+                        if let Some(learn) = &mut tap.learn {
+                            learn.feed(&data);
+                        }
                         match &mut tap.filter {
                             Some(filter) => {
                                 filter.push(data);

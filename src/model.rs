@@ -38,6 +38,8 @@ pub struct JsonFields<'a> {
     pub stream: Option<bool>,
     /// Whether the body has a top-level `stream_options`.
     pub stream_options: bool,
+    /// The Responses API's `previous_response_id`, when it is a string.
+    pub previous_response_id: Option<String>,
 }
 
 /// Validates `body` as JSON and finds its top-level string `model`, if any.
@@ -59,6 +61,9 @@ pub fn read_json(body: &[u8]) -> Result<JsonFields<'_>, serde_json::Error> {
         store: found.store,
         stream: found.stream,
         stream_options: found.stream_options,
+        previous_response_id: found
+            .previous_response_id
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok()),
     })
 }
 
@@ -106,6 +111,7 @@ struct Found<'de> {
     store: Option<bool>,
     stream: Option<bool>,
     stream_options: bool,
+    previous_response_id: Option<&'de RawValue>,
 }
 
 impl<'de> DeserializeSeed<'de> for TopLevel {
@@ -148,6 +154,9 @@ impl<'de> Visitor<'de> for TopLevel {
                 "stream_options" => {
                     map.next_value::<IgnoredAny>()?;
                     found.stream_options = true;
+                }
+                "previous_response_id" => {
+                    found.previous_response_id = Some(map.next_value::<&'de RawValue>()?);
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;

@@ -101,6 +101,8 @@ pub(crate) struct Prepared {
     stream_without_options: bool,
     /// keyless changed the held body (its `Content-Length` must follow).
     changed: bool,
+    /// The Responses API's `previous_response_id`: where the new response must go.
+    pub(crate) previous_response_id: Option<String>,
     /// What this body takes of the replay budget, if it was held for it.
     _reservation: Option<Reservation>,
 }
@@ -116,6 +118,7 @@ impl Prepared {
             store: None,
             stream_without_options: false,
             changed: false,
+            previous_response_id: None,
             _reservation: None,
         }
     }
@@ -132,6 +135,7 @@ impl Prepared {
             store: None,
             stream_without_options: false,
             changed: false,
+            previous_response_id: None,
             _reservation: None,
         }
     }
@@ -240,9 +244,11 @@ pub(crate) async fn prepare(
             kind: Splice::Json,
         });
         let stream_without_options = fields.stream == Some(true) && !fields.stream_options;
+        let previous_response_id = fields.previous_response_id;
         let mut prepared = Prepared::held(bytes, model, tokens, cap);
         prepared.store = store;
         prepared.stream_without_options = stream_without_options;
+        prepared.previous_response_id = previous_response_id;
         return Ok(prepared);
     }
     if multipart && op.has_multipart_model() {
