@@ -38,13 +38,14 @@ pub fn count(
     annotate: &Path,
     dir: &Path,
     name: &str,
+    headers: &[(&str, &str)],
     start: impl Fn(&Path) -> Result<(Proc, SocketAddr), Error>,
 ) -> Result<Count, Error> {
     let mut runs = Vec::new();
     for n in [FEW, MANY] {
         let out = dir.join(format!("callgrind-{name}-{n}.out"));
         let (mut proxy, addr) = start(&out)?;
-        let sent = sequential(addr, n);
+        let sent = sequential(addr, n, headers);
         // callgrind writes the counts as the proxy exits.
         proxy.stop();
         sent.map_err(|e| format!("{name} under callgrind, request failed: {e}"))?;
@@ -69,15 +70,17 @@ pub fn count(
 }
 
 /// `n` chat requests one after another on one keep-alive connection, each answered 200.
-fn sequential(addr: SocketAddr, n: usize) -> io::Result<()> {
+fn sequential(addr: SocketAddr, n: usize, extra: &[(&str, &str)]) -> io::Result<()> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     // callgrind runs code some fifty times slower than it is.
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut headers = vec![("content-type", "application/json")];
+    headers.extend_from_slice(extra);
     let request = procs::request(
         addr,
         "POST",
         "/v1/chat/completions",
-        &[("content-type", "application/json")],
+        &headers,
         wrk::CHAT_BODY.as_bytes(),
         false,
     );

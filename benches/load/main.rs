@@ -68,6 +68,11 @@ impl Row {
     }
 }
 
+/// The app key of the shared-gateway row.
+const APP_KEY: &str = "sk-bench-app-key";
+/// That row's name.
+pub const KEYLESS_APPS: &str = "keyless + app key + usage";
+
 /// How much to measure.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -242,8 +247,9 @@ pub struct Results {
     pub heap: Option<heap::HeapProfile>,
     /// perf profiles of nginx and keyless at the first connection count.
     pub profiles: Vec<(Row, profile::Profile)>,
-    /// User-space instructions a request of nginx and keyless (callgrind).
-    pub instructions: Vec<(Row, instructions::Count)>,
+    /// User-space instructions a request of nginx, keyless, and keyless with app keys
+    /// and usage accounting (callgrind), by the row's name.
+    pub instructions: Vec<(&'static str, instructions::Count)>,
     /// Problems that invalidate figures (errors answered, servers failing).
     pub problems: Vec<String>,
     /// Share of the machine busy just before the run started.
@@ -558,7 +564,7 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
             ];
             (valgrind.as_path(), args)
         };
-        let keyless_count = instructions::count(&annotate, dir.path(), "keyless", |out| {
+        let keyless_count = instructions::count(&annotate, dir.path(), "keyless", &[], |out| {
             start_keyless_under(
                 Some(under(out)),
                 &keyless_bin,
@@ -568,7 +574,35 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
                 &["--workers", "1"],
             )
         });
-        let nginx_count = instructions::count(&annotate, dir.path(), "nginx", |out| {
+        // The shared gateway: an app key checked, its quotas taken, usage read from the
+        // answer (`[usage]` on), on the same requests.
+        let apps_config = dir.path().join("apps.toml");
+        std::fs::write(
+            &apps_config,
+            format!(
+                "[[apps]]\nname = \"bench\"\nkey_sha256 = \"{}\"\nrpm = 1000000\ntpm = 1000000000\n\n[usage]\nstream_include_usage = true\n",
+                keyless::apps::sha256_hex(APP_KEY.as_bytes())
+            ),
+        )?;
+        let apps_config = apps_config.display().to_string();
+        let bearer_key = format!("Bearer {APP_KEY}");
+        let apps_count = instructions::count(
+            &annotate,
+            dir.path(),
+            "keyless-apps",
+            &[("authorization", bearer_key.as_str())],
+            |out| {
+                start_keyless_under(
+                    Some(under(out)),
+                    &keyless_bin,
+                    sim_addr,
+                    &secret,
+                    log("keyless-apps-callgrind"),
+                    &["--workers", "1", "--config", &apps_config],
+                )
+            },
+        );
+        let nginx_count = instructions::count(&annotate, dir.path(), "nginx", &[], |out| {
             start_nginx(
                 &tools.nginx,
                 dir.path(),
@@ -578,10 +612,14 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
                 Some(under(out)),
             )
         });
-        for (row, count) in [(Row::Nginx, nginx_count), (Row::Keyless, keyless_count)] {
+        for (row, count) in [
+            ("nginx", nginx_count),
+            ("keyless", keyless_count),
+            (KEYLESS_APPS, apps_count),
+        ] {
             match count {
                 Ok(c) => instructions.push((row, c)),
-                Err(e) => println!("load bench: no instruction count of {}: {e}", row.name()),
+                Err(e) => println!("load bench: no instruction count of {row}: {e}"),
             }
         }
     }
