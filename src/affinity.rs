@@ -82,7 +82,7 @@ pub fn id_in_path(op: &str) -> Option<&str> {
 pub struct Learner {
     affinity: Arc<Affinity>,
     backend: Backend,
-    find: IdFinder,
+    find: FirstString,
 }
 
 impl Learner {
@@ -91,7 +91,7 @@ impl Learner {
         Learner {
             affinity,
             backend,
-            find: IdFinder::new(),
+            find: FirstString::new(KEY, "resp_"),
         }
     }
 
@@ -103,15 +103,20 @@ impl Learner {
     }
 }
 
-/// The first `"id":"..."` of an answer, when it is a response's (`resp_...`).
-struct IdFinder {
+/// The first string value of a key in an answer (`"id":"`), across reads, when it starts
+/// with a prefix.
+#[derive(Debug)]
+pub struct FirstString {
     finder: memmem::Finder<'static>,
+    key_len: usize,
+    prefix: &'static str,
     state: Learn,
     id: Vec<u8>,
     /// The end of the last read, so a key split across reads is still found.
     tail: Vec<u8>,
 }
 
+#[derive(Debug)]
 enum Learn {
     Seeking,
     /// Inside the id's string.
@@ -121,18 +126,22 @@ enum Learn {
 
 const KEY: &[u8] = b"\"id\":\"";
 
-impl IdFinder {
-    fn new() -> IdFinder {
-        IdFinder {
-            finder: memmem::Finder::new(KEY),
+impl FirstString {
+    /// Looks for `key` (`"name":"`, quotes and colon included) and a value starting with
+    /// `prefix`.
+    pub fn new(key: &'static [u8], prefix: &'static str) -> FirstString {
+        FirstString {
+            finder: memmem::Finder::new(key),
+            key_len: key.len(),
+            prefix,
             state: Learn::Seeking,
             id: Vec::new(),
             tail: Vec::new(),
         }
     }
 
-    /// The id, once (the read that completes it).
-    fn feed(&mut self, data: &[u8]) -> Option<String> {
+    /// The value, once (the read that completes it).
+    pub fn feed(&mut self, data: &[u8]) -> Option<String> {
         let mut data = data;
         loop {
             match self.state {
@@ -140,26 +149,26 @@ impl IdFinder {
                 Learn::Seeking => {
                     // The key may straddle earlier reads: their tail and this read's
                     // start are searched together first.
-                    let take = data.len().min(KEY.len() - 1);
+                    let take = data.len().min(self.key_len - 1);
                     let mut joined = std::mem::take(&mut self.tail);
                     let held = joined.len();
                     joined.extend_from_slice(&data[..take]);
                     if let Some(at) = self.finder.find(&joined) {
                         self.state = Learn::Reading;
                         self.id.clear();
-                        data = &data[at + KEY.len() - held..];
+                        data = &data[at + self.key_len - held..];
                         continue;
                     }
                     if let Some(at) = self.finder.find(data) {
                         self.state = Learn::Reading;
                         self.id.clear();
-                        data = &data[at + KEY.len()..];
+                        data = &data[at + self.key_len..];
                         continue;
                     }
-                    let keep = joined.len().min(KEY.len() - 1);
+                    let keep = joined.len().min(self.key_len - 1);
                     self.tail = joined[joined.len() - keep..].to_vec();
-                    if data.len() >= KEY.len() - 1 {
-                        self.tail = data[data.len() - (KEY.len() - 1)..].to_vec();
+                    if data.len() >= self.key_len - 1 {
+                        self.tail = data[data.len() - (self.key_len - 1)..].to_vec();
                     }
                     return None;
                 }
@@ -181,11 +190,12 @@ impl IdFinder {
         }
     }
 
-    /// Only a response's id: the first `"id"` of a create's answer is the response's.
+    /// The value, if it has the prefix (the first `"id"` of a create's answer is the
+    /// response's).
     fn response_id(&self) -> Option<String> {
         std::str::from_utf8(&self.id)
             .ok()
-            .filter(|id| id.starts_with("resp_") && id.len() <= MAX_ID_LEN)
+            .filter(|id| id.starts_with(self.prefix) && id.len() <= MAX_ID_LEN)
             .map(str::to_owned)
     }
 }
@@ -208,7 +218,7 @@ mod tests {
         ];
         for answer in answers {
             for size in 1..answer.len() {
-                let mut find = IdFinder::new();
+                let mut find = FirstString::new(KEY, "resp_");
                 let found: Vec<String> = answer
                     .as_bytes()
                     .chunks(size)
@@ -217,7 +227,7 @@ mod tests {
                 assert_eq!(found, ["resp_abc123"], "pieces of {size}");
             }
         }
-        let mut find = IdFinder::new();
+        let mut find = FirstString::new(KEY, "resp_");
         assert_eq!(
             find.feed(br#"{"id":"chatcmpl-1","x":{"id":"resp_2"}}"#),
             None,

@@ -14,6 +14,7 @@
 
 use crate::affinity::{self, Affinity, Learner};
 use crate::apps::Apps;
+use crate::otel::Traces;
 use crate::auth::TokenCache;
 use crate::backend::{self, Backend, Pick, Router};
 use crate::body::{Body, End, Tap, UpstreamBody};
@@ -58,6 +59,8 @@ pub struct App {
     apps: Option<Arc<Apps>>,
     /// Which backend created each stored response.
     affinity: Arc<Affinity>,
+    /// OpenTelemetry traces, with `--otlp-endpoint`.
+    traces: Option<Arc<Traces>>,
 }
 
 /// Which listener a request came in on.
@@ -106,6 +109,7 @@ impl App {
             replay: ReplayBudget::new(config.retry.replay_budget_bytes),
             apps: Apps::new(&config.apps).map(Arc::new),
             affinity: Affinity::new(),
+            traces: None,
             config: Arc::new(config),
             router: Arc::new(router),
             client,
@@ -122,6 +126,12 @@ impl App {
             client,
             ..self.clone()
         }
+    }
+
+    /// The same state, exporting a trace of each request to `traces`.
+    pub fn with_traces(mut self, traces: Option<Arc<Traces>>) -> App {
+        self.traces = traces;
+        self
     }
 
     /// The same state, whose records call a body cut once `cut` fires a cut by
@@ -154,6 +164,11 @@ impl App {
             request_id.clone(),
         );
         record.cut_by(self.cut.clone());
+        if let Some(traces) = &self.traces
+            && listener == Listener::Main
+        {
+            record.span = Some(traces.server_span(req.headers(), req.method().as_str(), uri.path()));
+        }
         let result = match listener {
             // Boxed: hyper keeps room for this future in every connection for the
             // connection's life; the proxying's kilobytes of state are needed only until
@@ -196,6 +211,12 @@ impl App {
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
         {
             record.streaming();
+        }
+        if record.span.is_some() {
+            record.region = headers
+                .get(X_MS_REGION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
         }
         // Copied, like the path: Azure's response head shares its read buffer.
         record.upstream_request_id = headers
@@ -360,6 +381,10 @@ impl App {
                 (destination, prepared)
             }
         };
+        record.operation = Some(crate::otel::operation(destination.op));
+        if record.span.is_some() {
+            record.request_model = client_model.clone();
+        }
         if let Some(app) = &app {
             // The allowlist first: a refused request spends none of the app's quota.
             app.allows(client_model.as_deref())?;
@@ -532,6 +557,16 @@ impl App {
             }
 
             attempts.sending();
+            let attempt_span = record.span.as_ref().map(|span| {
+                let attempt = span.attempt(
+                    &backend.name,
+                    deployment.upstream.endpoint.host(),
+                    attempts.made(),
+                    parts.method.as_str(),
+                );
+                attempt.inject(request.headers_mut());
+                attempt
+            });
             record.attempts = attempts.made();
             record.backend = Some(backend.name.clone());
             record.backend_label = Some(backend.label.clone());
@@ -570,6 +605,12 @@ impl App {
                     Reply::NoHead(NoHead::TimedOut),
                 ),
             };
+            if let Some(attempt) = attempt_span {
+                match &answer {
+                    Ok((response, _)) => attempt.end(Some(response.status().as_u16()), None),
+                    Err(error) => attempt.end(None, Some(error.kind_and_code().1)),
+                }
+            }
             let now = Instant::now();
             let backoff = self.backoff(deployment);
             let other_free = attempts.has_other(backends, index, now);
@@ -627,7 +668,10 @@ impl App {
                         && parts.method == Method::POST
                         && carries_usage(destination.op))
                     .then(|| {
-                        let tap = Tap::new(destination.remove_usage_frame);
+                        let mut tap = Tap::new(destination.remove_usage_frame);
+                        if record.span.is_some() {
+                            tap = tap.reading_model();
+                        }
                         if destination.op == "responses" {
                             tap.learning(Learner::new(self.affinity.clone(), backend.clone()))
                         } else {
@@ -814,6 +858,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_KEYLESS_ATTEMPTS: HeaderName = HeaderName::from_static("x-keyless-attempts");
 const X_KEYLESS_BACKEND: HeaderName = HeaderName::from_static("x-keyless-backend");
 const APIM_REQUEST_ID: HeaderName = HeaderName::from_static("apim-request-id");
+const X_MS_REGION: HeaderName = HeaderName::from_static("x-ms-region");
 
 /// `x-keyless-attempts`: the usual counts without formatting or allocating.
 fn attempts_value(attempts: u32) -> HeaderValue {

@@ -6,7 +6,7 @@
 //! trait object: no allocation per request, and `size_hint` stays exact so hyper keeps
 //! `Content-Length` framing where there was one.
 
-use crate::affinity::Learner;
+use crate::affinity::{FirstString, Learner};
 use crate::upstream::Lease;
 use crate::usage::{Scan, Usage, UsageFrameFilter};
 use bytes::Bytes;
@@ -54,6 +54,8 @@ pub struct Ended {
     pub first_byte: Option<Instant>,
     /// The tokens the answer says it used, when it said.
     pub usage: Option<Usage>,
+    /// The model Azure says answered (read only when tracing).
+    pub response_model: Option<String>,
 }
 
 /// Told once, when a response body ends, how many bytes went through and how it ended.
@@ -69,6 +71,7 @@ pub struct Tap {
     scan: Scan,
     filter: Option<UsageFrameFilter>,
     learn: Option<Learner>,
+    model: Option<(FirstString, Option<String>)>,
 }
 
 impl Tap {
@@ -78,7 +81,14 @@ impl Tap {
             scan: Scan::new(),
             filter: remove_usage_frame.then(UsageFrameFilter::default),
             learn: None,
+            model: None,
         }
+    }
+
+    /// Also reads the model Azure names in the answer (for the trace).
+    pub fn reading_model(mut self) -> Tap {
+        self.model = Some((FirstString::new(b"\"model\":\"", ""), None));
+        self
     }
 
     /// Also learns which backend created the response the answer carries.
@@ -165,6 +175,11 @@ impl UpstreamBody {
             end,
             first_byte: self.first_byte,
             usage: self.tap.as_ref().and_then(|t| t.scan.usage()),
+            response_model: self
+                .tap
+                .as_ref()
+                .and_then(|t| t.model.as_ref())
+                .and_then(|(_, found)| found.clone()),
         }
     }
 
@@ -249,6 +264,11 @@ impl UpstreamBody {
                         tap.scan.feed(&data);
                         if let Some(learn) = &mut tap.learn {
                             learn.feed(&data);
+                        }
+                        if let Some((find, found)) = &mut tap.model
+                            && found.is_none()
+                        {
+                            *found = find.feed(&data);
                         }
                         match &mut tap.filter {
                             Some(filter) => {

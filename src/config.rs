@@ -143,6 +143,10 @@ pub struct Flags {
     /// Serve a listener that is not loopback without app keys: the network is the guard.
     #[arg(long)]
     pub allow_unauthenticated: bool,
+    /// Export traces over OTLP to this collector, e.g. http://127.0.0.1:4318 (HTTP/protobuf;
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL=grpc` for gRPC on 4317). Off by default.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 fn parse_model_mapping(s: &str) -> Result<(String, String), String> {
@@ -574,6 +578,8 @@ pub struct Config {
     pub connections: Connections,
     /// The apps of a shared gateway; empty: no app keys, anyone who reaches the port.
     pub apps: Vec<AppSpec>,
+    /// OpenTelemetry trace export, when on.
+    pub otlp: Option<crate::otel::Settings>,
     /// Add `stream_options.include_usage` to chat streams that did not ask for it (and
     /// remove the extra frame from what the client gets), so usage is counted.
     pub stream_include_usage: bool,
@@ -832,6 +838,25 @@ impl Config {
             .usage
             .and_then(|u| u.stream_include_usage)
             .unwrap_or(false);
+        let otlp = match flags.otlp_endpoint.clone().filter(|e| !e.is_empty()) {
+            Some(endpoint) => {
+                match Url::parse(&endpoint) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                    _ => problems.push(format!(
+                        "--otlp-endpoint {} must be an http:// or https:// URL",
+                        redact_url(&endpoint)
+                    )),
+                }
+                match crate::otel::Settings::from_env(endpoint) {
+                    Ok(settings) => Some(settings),
+                    Err(problem) => {
+                        problems.push(problem);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let listen = flags.listen.or(raw.listen).unwrap_or_else(default_listen);
         if !listen.ip().is_loopback() && apps.is_empty() && !flags.allow_unauthenticated {
             problems.push(format!(
@@ -892,6 +917,7 @@ impl Config {
             Some(target) if problems.is_empty() => Ok(Config {
                 listen,
                 apps,
+                otlp,
                 stream_include_usage,
                 target,
                 api,

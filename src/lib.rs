@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod limit;
 pub mod model;
+pub mod otel;
 mod prepare;
 pub mod retry;
 pub mod rewrite;
@@ -163,14 +164,22 @@ pub async fn run_with_identity(
     let grace = config.shutdown_grace;
     let workers = config.workers;
     let bounds = config.connections;
-    let app = Arc::new(app::App::new(
-        config,
-        router,
-        client,
-        tokens,
-        telemetry,
-        shutdown.clone(),
-    ));
+    // Started here, on the runtime that outlives the server: gRPC's channel runs on it.
+    let traces = match &config.otlp {
+        Some(settings) => Some(otel::Traces::start(settings).map_err(StartError::Invalid)?),
+        None => None,
+    };
+    let app = Arc::new(
+        app::App::new(
+            config,
+            router,
+            client,
+            tokens,
+            telemetry,
+            shutdown.clone(),
+        )
+        .with_traces(traces.clone()),
+    );
     let service = |app: Arc<app::App>, role: app::Listener| {
         hyper::service::service_fn(move |req| app.clone().handle(role, req))
     };
@@ -209,6 +218,10 @@ pub async fn run_with_identity(
     }
     if let Some(admin) = admin {
         let _ = admin.await;
+    }
+    if let Some(traces) = traces {
+        // The last spans go out (the SDK bounds the wait); blocking, so off the runtime.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     }
     refresher_stop.cancel();
     tasks.close();

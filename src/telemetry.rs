@@ -83,6 +83,85 @@ pub struct TokenUseLabels {
 /// A `/usage` row's key: app (empty: none), deployment, model.
 type RowKey = (Arc<str>, Arc<str>, Arc<str>);
 
+/// Labels of the GenAI metrics (the OpenTelemetry conventions' names, in Prometheus form).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenAiLabels {
+    /// `chat`, `embeddings`, `text_completion`, ...
+    pub gen_ai_operation_name: &'static str,
+    /// `azure.ai.openai`.
+    pub gen_ai_provider_name: &'static str,
+    /// The model (bounded: a configured name, else the deployment's label).
+    pub gen_ai_request_model: Arc<str>,
+}
+
+/// Labels of `gen_ai_client_token_usage`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenAiTokenLabels {
+    /// As [`GenAiLabels`].
+    pub gen_ai_operation_name: &'static str,
+    /// As [`GenAiLabels`].
+    pub gen_ai_provider_name: &'static str,
+    /// As [`GenAiLabels`].
+    pub gen_ai_request_model: Arc<str>,
+    /// `input` or `output`.
+    pub gen_ai_token_type: &'static str,
+}
+
+/// The GenAI metrics of the OpenTelemetry conventions, on `/metrics` beside keyless's own.
+pub struct GenAi {
+    registry: Registry,
+    /// `gen_ai.client.token.usage`.
+    pub token_usage: Family<GenAiTokenLabels, Histogram>,
+    /// `gen_ai.client.operation.duration`.
+    pub operation_duration: Family<GenAiLabels, Histogram>,
+    /// `gen_ai.server.time_to_first_token`.
+    pub time_to_first_token: Family<GenAiLabels, Histogram>,
+}
+
+fn token_histogram() -> Histogram {
+    // The conventions' advice: 1, 4, 16, ... 67,108,864 tokens.
+    Histogram::new(exponential_buckets(1.0, 4.0, 14))
+}
+
+impl GenAi {
+    fn new() -> GenAi {
+        // No `keyless_` prefix: these are the conventions' names.
+        let mut registry = Registry::default();
+        let token_usage = Family::<GenAiTokenLabels, Histogram>::new_with_constructor(
+            token_histogram as fn() -> Histogram,
+        );
+        let operation_duration = Family::<GenAiLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let time_to_first_token = Family::<GenAiLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "gen_ai_client_token_usage",
+            "Tokens an operation used, by type (gen_ai.client.token.usage)",
+            token_usage.clone(),
+        );
+        registry.register_with_unit(
+            "gen_ai_client_operation_duration",
+            "Duration of a GenAI operation (gen_ai.client.operation.duration)",
+            prometheus_client::registry::Unit::Seconds,
+            operation_duration.clone(),
+        );
+        registry.register_with_unit(
+            "gen_ai_server_time_to_first_token",
+            "Time to the first byte of a streamed answer (gen_ai.server.time_to_first_token)",
+            prometheus_client::registry::Unit::Seconds,
+            time_to_first_token.clone(),
+        );
+        GenAi {
+            registry,
+            token_usage,
+            operation_duration,
+            time_to_first_token,
+        }
+    }
+}
+
 /// Token usage totals, by app, deployment and model, since start: `GET /usage`.
 pub struct UsageBook {
     since: SystemTime,
@@ -173,6 +252,8 @@ pub struct Telemetry {
     pub first_token: Family<RouteLabels, Histogram>,
     /// Usage totals for `/usage`.
     pub usage: UsageBook,
+    /// The GenAI conventions' metrics.
+    pub gen_ai: GenAi,
     /// The label value for "none", made once rather than per request.
     empty_label: Arc<str>,
 }
@@ -262,6 +343,7 @@ impl Telemetry {
             tokens: tokens_used,
             first_token,
             usage: UsageBook::new(),
+            gen_ai: GenAi::new(),
             empty_label: Arc::from(""),
         }
     }
@@ -270,7 +352,9 @@ impl Telemetry {
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.gen_ai.registry);
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
     }
 }
@@ -375,6 +459,14 @@ pub struct Record {
     pub model_label: Option<Arc<str>>,
     /// The app's quotas after this request: its answer's `x-ratelimit-*`.
     pub standing: Option<Standing>,
+    /// The request's trace span (with `--otlp-endpoint`).
+    pub span: Option<crate::otel::ServerSpan>,
+    /// The model the client named (kept only for the span).
+    pub request_model: Option<String>,
+    /// Azure's `x-ms-region` (kept only for the span).
+    pub region: Option<String>,
+    /// The GenAI operation (`chat`, `embeddings`, ...), once routed.
+    pub operation: Option<&'static str>,
     /// Fired when the shutdown grace is over: a body cut then was cut by keyless.
     cut: Option<tokio_util::sync::CancellationToken>,
     done: bool,
@@ -414,6 +506,10 @@ impl Record {
             app: None,
             model_label: None,
             standing: None,
+            span: None,
+            request_model: None,
+            region: None,
+            operation: None,
             cut: None,
             done: false,
         }
@@ -439,6 +535,7 @@ impl Record {
             end,
             first_byte: None,
             usage: None,
+            response_model: None,
         });
     }
 
@@ -456,6 +553,7 @@ impl Record {
             end,
             first_byte,
             usage,
+            response_model,
         } = ended;
         let elapsed = self.started.elapsed();
         let telemetry = &self.telemetry;
@@ -521,9 +619,62 @@ impl Record {
                 .model_label
                 .clone()
                 .unwrap_or_else(|| deployment.clone());
+            if let Some(operation) = self.operation.filter(|op| *op != "other") {
+                let labels = GenAiLabels {
+                    gen_ai_operation_name: operation,
+                    gen_ai_provider_name: crate::otel::names::AZURE_OPENAI,
+                    gen_ai_request_model: model.clone(),
+                };
+                let gen_ai = &telemetry.gen_ai;
+                gen_ai
+                    .operation_duration
+                    .get_or_create(&labels)
+                    .observe(elapsed.as_secs_f64());
+                if let (true, Some(first)) = (self.stream, first_byte) {
+                    gen_ai.time_to_first_token.get_or_create(&labels).observe(
+                        first
+                            .saturating_duration_since(self.started.into())
+                            .as_secs_f64(),
+                    );
+                }
+                if let Some(u) = usage {
+                    for (kind, n) in [("input", u.prompt), ("output", u.completion)] {
+                        gen_ai
+                            .token_usage
+                            .get_or_create(&GenAiTokenLabels {
+                                gen_ai_operation_name: operation,
+                                gen_ai_provider_name: crate::otel::names::AZURE_OPENAI,
+                                gen_ai_request_model: model.clone(),
+                                gen_ai_token_type: kind,
+                            })
+                            .observe(n as f64);
+                    }
+                }
+            }
             telemetry
                 .usage
                 .add((app.clone(), deployment.clone(), model), usage);
+        }
+        if let Some(span) = self.span.take() {
+            let error = match &end {
+                End::Failed(_) => Some("stream_failed".to_owned()),
+                End::ClientGone if status == CLIENT_GONE => Some("client_gone".to_owned()),
+                _ if status >= 400 => Some(status.to_string()),
+                _ => None,
+            };
+            span.end(crate::otel::Outcome {
+                operation: self.operation.unwrap_or("other"),
+                request_model: self.request_model.as_deref(),
+                response_model: response_model.as_deref(),
+                deployment: self.deployment.as_deref(),
+                backend: self.backend.as_deref(),
+                app: self.app.as_deref(),
+                status,
+                error: error.as_deref(),
+                usage,
+                apim_request_id: self.upstream_request_id.as_deref(),
+                region: self.region.as_deref(),
+            });
         }
         let u = usage.unwrap_or_default();
         let (prompt_tokens, completion_tokens, total_tokens) = (u.prompt, u.completion, u.total);
@@ -579,6 +730,7 @@ impl Drop for Record {
             end: End::ClientGone,
             first_byte: None,
             usage: None,
+            response_model: None,
         });
     }
 }
@@ -586,5 +738,27 @@ impl Drop for Record {
 impl BodyEnd for Record {
     fn end(self: Box<Self>, ended: Ended) {
         (*self).finish_with(ended);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gen_ai_metrics_have_the_conventions_names() {
+        let t = Telemetry::new(Vec::new());
+        let labels = GenAiLabels {
+            gen_ai_operation_name: "chat",
+            gen_ai_provider_name: "azure.ai.openai",
+            gen_ai_request_model: Arc::from("gpt-4o"),
+        };
+        t.gen_ai.operation_duration.get_or_create(&labels).observe(0.5);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut out, &t.gen_ai.registry).unwrap();
+        let text = t.encode();
+        assert!(text.contains("gen_ai_client_operation_duration_seconds_count{gen_ai_operation_name=\"chat\""), "{out}\n---\n{text}");
+        assert!(text.ends_with("# EOF\n"));
+        assert_eq!(text.matches("# EOF").count(), 1);
     }
 }
