@@ -14,13 +14,13 @@
 
 use crate::affinity::{self, Affinity, Learner};
 use crate::apps::Apps;
-use crate::otel::Traces;
 use crate::auth::TokenCache;
 use crate::backend::{self, Backend, Pick, Router};
 use crate::body::{Body, End, Tap, UpstreamBody};
 use crate::config::{ApiStyle, Config};
 use crate::error::Error;
 use crate::limit;
+use crate::otel::Traces;
 use crate::prepare::{self, Prepared, ReplayBudget};
 use crate::retry::{self, Attempts, Health, NoHead, Reply, Step};
 use crate::rewrite;
@@ -164,10 +164,17 @@ impl App {
             request_id.clone(),
         );
         record.cut_by(self.cut.clone());
+        // Probes and keyless's own endpoints are not traced: they are noise to a trace
+        // backend, and a kubelet calls them every few seconds.
         if let Some(traces) = &self.traces
             && listener == Listener::Main
+            && !matches!(
+                inbound,
+                Inbound::Health | Inbound::Ready | Inbound::Metrics | Inbound::Usage
+            )
         {
-            record.span = Some(traces.server_span(req.headers(), req.method().as_str(), uri.path()));
+            record.span =
+                Some(traces.server_span(req.headers(), req.method().as_str(), uri.path()));
         }
         let result = match listener {
             // Boxed: hyper keeps room for this future in every connection for the

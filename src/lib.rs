@@ -170,15 +170,8 @@ pub async fn run_with_identity(
         None => None,
     };
     let app = Arc::new(
-        app::App::new(
-            config,
-            router,
-            client,
-            tokens,
-            telemetry,
-            shutdown.clone(),
-        )
-        .with_traces(traces.clone()),
+        app::App::new(config, router, client, tokens, telemetry, shutdown.clone())
+            .with_traces(traces.clone()),
     );
     let service = |app: Arc<app::App>, role: app::Listener| {
         hyper::service::service_fn(move |req| app.clone().handle(role, req))

@@ -306,7 +306,8 @@ impl ServerSpan {
         }
         self.span.set_attributes(attributes);
         if outcome.error.is_some() {
-            self.span.set_status(Status::error(outcome.error.unwrap_or_default().to_owned()));
+            self.span
+                .set_status(Status::error(outcome.error.unwrap_or_default().to_owned()));
         }
         self.span.end();
     }
@@ -331,11 +332,9 @@ impl AttemptSpan {
             self.span
                 .set_attribute(KeyValue::new(names::STATUS, i64::from(status)));
         }
-        let error = error.map(str::to_owned).or_else(|| {
-            status
-                .filter(|s| *s >= 400)
-                .map(|s| s.to_string())
-        });
+        let error = error
+            .map(str::to_owned)
+            .or_else(|| status.filter(|s| *s >= 400).map(|s| s.to_string()));
         if let Some(error) = error {
             self.span
                 .set_attribute(KeyValue::new(names::ERROR_TYPE, error.clone()));

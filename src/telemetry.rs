@@ -753,11 +753,19 @@ mod tests {
             gen_ai_provider_name: "azure.ai.openai",
             gen_ai_request_model: Arc::from("gpt-4o"),
         };
-        t.gen_ai.operation_duration.get_or_create(&labels).observe(0.5);
+        t.gen_ai
+            .operation_duration
+            .get_or_create(&labels)
+            .observe(0.5);
         let mut out = String::new();
         prometheus_client::encoding::text::encode_registry(&mut out, &t.gen_ai.registry).unwrap();
         let text = t.encode();
-        assert!(text.contains("gen_ai_client_operation_duration_seconds_count{gen_ai_operation_name=\"chat\""), "{out}\n---\n{text}");
+        assert!(
+            text.contains(
+                "gen_ai_client_operation_duration_seconds_count{gen_ai_operation_name=\"chat\""
+            ),
+            "{out}\n---\n{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(text.matches("# EOF").count(), 1);
     }

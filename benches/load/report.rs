@@ -904,7 +904,9 @@ fn instructions(out: &mut String, results: &Results) {
         "| proxy | instructions a request | x nginx | x keyless |\n|---|---:|---:|---:|"
     );
     for (row, count) in &results.instructions {
-        let ratio = |base: Option<f64>| base.map_or("-".into(), |n| format!("{:.3}", count.per_request / n));
+        let ratio = |base: Option<f64>| {
+            base.map_or("-".into(), |n| format!("{:.3}", count.per_request / n))
+        };
         let _ = writeln!(
             out,
             "| {row} | {} | {} | {} |",

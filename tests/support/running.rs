@@ -24,6 +24,16 @@ impl Running {
 /// Starts keyless in front of `endpoint` with `toml` as its config file and `args`, and
 /// waits until it holds its first token (no test measures an acquisition).
 pub async fn start(endpoint: &str, toml: &str, args: &[&str]) -> Running {
+    start_with(endpoint, toml, args, &[]).await
+}
+
+/// [`start`], with more environment variables for keyless.
+pub async fn start_with(
+    endpoint: &str,
+    toml: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Running {
     let identity =
         FakeIdentity::start("probe-header", Duration::ZERO, |n| format!("tok-{n}")).await;
     let mut config = tempfile::NamedTempFile::new().unwrap();
@@ -42,17 +52,16 @@ pub async fn start(endpoint: &str, toml: &str, args: &[&str]) -> Running {
     .collect();
     all.push(config.path().display().to_string());
     all.extend(args.iter().map(|s| s.to_string()));
-    let id_url = identity.url.clone();
+    let mut env: Vec<(String, String)> = vec![
+        ("IDENTITY_ENDPOINT".into(), identity.url.clone()),
+        ("IDENTITY_HEADER".into(), "probe-header".into()),
+        ("KEYLESS_LOG".into(), "info".into()),
+    ];
+    env.extend(envs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let keyless = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = all.iter().map(String::as_str).collect();
-        spawn_keyless(
-            &args,
-            &[
-                ("IDENTITY_ENDPOINT", &id_url),
-                ("IDENTITY_HEADER", "probe-header"),
-                ("KEYLESS_LOG", "info"),
-            ],
-        )
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        spawn_keyless(&args, &env)
     })
     .await
     .unwrap();
