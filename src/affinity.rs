@@ -91,7 +91,7 @@ impl Learner {
         Learner {
             affinity,
             backend,
-            find: FirstString::new(KEY, "resp_"),
+            find: FirstString::new(&ID_KEY, "resp_"),
         }
     }
 
@@ -107,7 +107,7 @@ impl Learner {
 /// with a prefix.
 #[derive(Debug)]
 pub struct FirstString {
-    finder: memmem::Finder<'static>,
+    finder: &'static memmem::Finder<'static>,
     key_len: usize,
     prefix: &'static str,
     state: Learn,
@@ -124,15 +124,20 @@ enum Learn {
     Done,
 }
 
-const KEY: &[u8] = b"\"id\":\"";
+/// `"id":"`, the key of a response's id.
+pub static ID_KEY: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\"id\":\""));
+/// `"model":"`, the key of the model that answered.
+pub static MODEL_KEY: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"\"model\":\""));
 
 impl FirstString {
-    /// Looks for `key` (`"name":"`, quotes and colon included) and a value starting with
-    /// `prefix`.
-    pub fn new(key: &'static [u8], prefix: &'static str) -> FirstString {
+    /// Looks for the key `finder` finds (`"name":"`, quotes and colon included) and a
+    /// value starting with `prefix`.
+    pub fn new(finder: &'static memmem::Finder<'static>, prefix: &'static str) -> FirstString {
         FirstString {
-            finder: memmem::Finder::new(key),
-            key_len: key.len(),
+            finder,
+            key_len: finder.needle().len(),
             prefix,
             state: Learn::Seeking,
             id: Vec::new(),
@@ -218,7 +223,7 @@ mod tests {
         ];
         for answer in answers {
             for size in 1..answer.len() {
-                let mut find = FirstString::new(KEY, "resp_");
+                let mut find = FirstString::new(&ID_KEY, "resp_");
                 let found: Vec<String> = answer
                     .as_bytes()
                     .chunks(size)
@@ -227,7 +232,7 @@ mod tests {
                 assert_eq!(found, ["resp_abc123"], "pieces of {size}");
             }
         }
-        let mut find = FirstString::new(KEY, "resp_");
+        let mut find = FirstString::new(&ID_KEY, "resp_");
         assert_eq!(
             find.feed(br#"{"id":"chatcmpl-1","x":{"id":"resp_2"}}"#),
             None,

@@ -87,7 +87,7 @@ impl Tap {
 
     /// Also reads the model Azure names in the answer (for the trace).
     pub fn reading_model(mut self) -> Tap {
-        self.model = Some((FirstString::new(b"\"model\":\"", ""), None));
+        self.model = Some((FirstString::new(&crate::affinity::MODEL_KEY, ""), None));
         self
     }
 

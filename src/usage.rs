@@ -86,6 +86,9 @@ impl Usage {
 }
 
 const KEY: &[u8] = b"\"usage\"";
+/// Built once: a searcher costs more to make than a small answer takes to search.
+static USAGE_KEY: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(KEY));
 /// The largest `usage` object copied; a real one is under 400 bytes.
 const MAX_OBJECT: usize = 4096;
 
@@ -109,7 +112,6 @@ enum State {
 /// Finds the last `usage` object in the bytes it is fed, across reads.
 #[derive(Debug)]
 pub struct Scan {
-    finder: memmem::Finder<'static>,
     state: State,
     object: Vec<u8>,
     found: Option<Usage>,
@@ -125,7 +127,6 @@ impl Scan {
     /// A scan that has seen nothing.
     pub fn new() -> Scan {
         Scan {
-            finder: memmem::Finder::new(KEY),
             state: State::Seeking { matched: 0 },
             object: Vec::new(),
             found: None,
@@ -164,7 +165,7 @@ impl Scan {
                 return &[];
             }
         }
-        if let Some(at) = self.finder.find(data) {
+        if let Some(at) = USAGE_KEY.find(data) {
             self.state = State::Colon;
             return &data[at + KEY.len()..];
         }
