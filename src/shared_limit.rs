@@ -1,0 +1,660 @@
+//! Rate limits shared by every replica through Redis (issue 12.6).
+//!
+//! Each decision is one GCRA step run by one Lua script in Redis (`EVALSHA`, one round
+//! trip, atomic), timed by the Redis server's own clock (`TIME`), so replicas on machines
+//! whose clocks disagree still share one budget. The arithmetic is governor's (the crate
+//! behind [`crate::limit`]): a rate of N per minute is one unit every 60/N s, a burst of B
+//! lets B units through at once, and a request of cost k needs k units.
+//!
+//! Redis is a helper, never a dependency of a request: every call is bounded by a short
+//! timeout (a few milliseconds), and while Redis is down [`SharedLimits::check`] answers
+//! [`Verdict::Unavailable`] at once, without touching the network, so that the caller
+//! falls back to its per-process limits. A background task reconnects with backoff, and
+//! the transitions are logged once each way and exported as `keyless_limits_backend_up`.
+//!
+//! The Redis URL may carry a password: it appears nowhere (logs, errors, `Debug`) except
+//! in the connection itself; everywhere else it is shown with its user information and
+//! query replaced (see [`redact`]).
+
+use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::gauge::Gauge;
+use rand::Rng;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+use url::Url;
+
+/// The bound on the background work: connecting, loading the script, the health probe.
+/// Requests never wait for it; it only decides how soon a dead Redis is noticed by a
+/// replica that sends no requests.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a connection that is up is probed when no request notices a failure.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Reconnection backoff: doubling from the first to the last, each wait with up to a
+/// quarter of jitter so that replicas restarted together do not reconnect in step.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Timeouts in a row that take a connection down. One slow answer is one `Unavailable`;
+/// a run of them means Redis hangs (or the network drops packets), and reconnecting
+/// (which checks the latency again) is better than paying the timeout on every request.
+const TIMEOUTS_TO_DOWN: u32 = 3;
+/// Unexpected server replies (not connection failures) are logged at most this often.
+const SERVER_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Every key this module writes starts with this.
+pub const KEY_PREFIX: &str = "keyless:gcra:";
+
+/// One GCRA step, in microseconds on the Redis server's clock.
+///
+/// KEYS[1]: the budget's key. ARGV: rate per minute, burst, cost (all positive integers
+/// but the cost, which may be 0: a look at the budget that spends nothing).
+/// The stored value is the theoretical arrival time (TAT), a float of microseconds since
+/// the epoch (about 1.8e15: exact to a quarter of a microsecond in a double), written with
+/// `%.17g` so it round-trips. governor's test, with T the emission interval and
+/// tau = T * (burst - 1): admit at `now` iff now >= TAT + (cost - 1) * T - tau, and then
+/// TAT' = max(TAT, now) + cost * T.
+/// Returns {verdict, retry_after_us, remaining, reset_us}: verdict 1 admitted, 0 rejected,
+/// 2 a cost above the burst (never admissible). `remaining` is the units a request could
+/// still spend now; `reset` the time until the whole burst is available again (what
+/// OpenAI's `x-ratelimit-reset-*` headers mean). Both are floored/ceiled with a
+/// microsecond of slack for the float error of subtracting two large times.
+const GCRA_LUA: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local per_minute = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = 60000000 / per_minute
+local tau = t * (burst - 1)
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now) or now
+if tat < now then tat = now end
+local function remaining(at)
+  local r = math.floor((now + tau + t - at + 1) / t)
+  if r < 0 then r = 0 end
+  if r > burst then r = burst end
+  return r
+end
+local function reset(at)
+  return math.max(0, math.ceil(at - now - 1))
+end
+if cost > burst then
+  return {2, 0, remaining(tat), reset(tat)}
+end
+if cost == 0 then
+  return {1, 0, remaining(tat), reset(tat)}
+end
+local earliest = tat + (cost - 1) * t - tau
+if now < earliest then
+  return {0, math.ceil(earliest - now), remaining(tat), reset(tat)}
+end
+local next = tat + cost * t
+redis.call('SET', KEYS[1], string.format('%.17g', next), 'PX', math.ceil((next - now) / 1000) + 1)
+return {1, 0, remaining(next), reset(next)}
+"#;
+
+/// What Redis decided about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted: the units are spent.
+    Admit {
+        /// Units a request could still spend now (`x-ratelimit-remaining-*`).
+        remaining: u32,
+        /// Time until the whole burst is available again (`x-ratelimit-reset-*`).
+        reset: Duration,
+    },
+    /// Not admitted now; nothing was spent.
+    Reject {
+        /// How long until this request (this cost) would be admitted (`retry-after`).
+        retry_after: Duration,
+        /// Units a request could still spend now (fewer than this request's cost).
+        remaining: u32,
+        /// Time until the whole burst is available again.
+        reset: Duration,
+    },
+    /// The cost is larger than the burst: no wait would ever admit it, so there is no
+    /// `retry_after`. Decided without Redis (it does not depend on the budget's state),
+    /// so it is also the answer while Redis is down. A caller that wants
+    /// [`crate::limit`]'s rule for oversized token estimates (count them as a full
+    /// burst) asks again with `cost.min(burst)`.
+    TooLarge {
+        /// The burst the cost exceeded.
+        burst: u32,
+    },
+    /// Redis is down, or did not answer within the timeout: decide with the per-process
+    /// limits instead. Nothing is known about the shared budget.
+    Unavailable,
+}
+
+/// Why [`SharedLimits::connect`] refused. Nothing about Redis being reachable: that is
+/// found out (and recovered from) in the background.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL is not one the Redis client accepts. The message never holds the URL's
+    /// user information.
+    #[error("invalid Redis URL {url}: {reason}")]
+    InvalidUrl {
+        /// The URL, redacted ([`redact`]).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A zero timeout would make every decision `Unavailable`.
+    #[error("the Redis timeout must be more than zero")]
+    ZeroTimeout,
+    /// `connect` was called outside a Tokio runtime, so the reconnecting task cannot run.
+    #[error("shared limits need a Tokio runtime to reconnect in")]
+    NoRuntime,
+}
+
+/// Shared GCRA budgets kept in one Redis. Cheap to clone: every clone uses the same
+/// connection and state. The background task ends when the `stop` token given to
+/// [`SharedLimits::connect`] fires or the last clone is dropped.
+#[derive(Clone)]
+pub struct SharedLimits {
+    shared: Arc<Shared>,
+    // Dropped with the last clone: stops the background task.
+    _stop: Arc<DropGuard>,
+}
+
+/// The state the handles and the background task share.
+struct Shared {
+    /// The URL as it may be shown.
+    target: String,
+    timeout: Duration,
+    script: Script,
+    /// `Some` exactly while Redis is up: requests read it without a lock.
+    connection: ArcSwapOption<MultiplexedConnection>,
+    /// Timeouts in a row on the current connection.
+    timeouts: AtomicU32,
+    /// A request found the connection broken: wakes the background task.
+    failed: Notify,
+    /// Up (`true`) or down, for [`SharedLimits::wait_up`].
+    up: watch::Sender<bool>,
+    gauge: Gauge,
+    /// Milliseconds since `started` when a server error was last logged (0: never).
+    server_error_logged: AtomicU64,
+    started: Instant,
+}
+
+impl fmt::Debug for SharedLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedLimits")
+            .field("redis", &self.shared.target)
+            .field("timeout", &self.shared.timeout)
+            .field("up", &self.is_up())
+            .finish()
+    }
+}
+
+impl SharedLimits {
+    /// Starts keeping budgets in the Redis at `url` (`redis://`, `rediss://` with rustls
+    /// and the system's roots, `redis+unix://`). Never waits for Redis and never fails
+    /// because it is unreachable: it starts down ([`Verdict::Unavailable`]) and connects
+    /// in a background task, tracked by `tasks`, that reconnects with backoff until
+    /// `stop` fires. `timeout` bounds each decision (a few milliseconds: a decision that
+    /// takes longer is `Unavailable`, and the caller decides locally).
+    ///
+    /// Fails only for a URL the client cannot use, a zero timeout, or no Tokio runtime.
+    pub fn connect(
+        url: &str,
+        timeout: Duration,
+        stop: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<SharedLimits, Error> {
+        let target = redact(url);
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: target.clone(),
+            reason,
+        };
+        let parsed = Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+        // The client's own error text is not shown: it is not ours to vouch that it
+        // never quotes the URL. Its kind says enough.
+        let client = Client::open(parsed).map_err(|e| invalid(format!("{:?}", e.kind())))?;
+        if timeout.is_zero() {
+            return Err(Error::ZeroTimeout);
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let gauge = Gauge::default();
+        gauge.set(0);
+        let shared = Arc::new(Shared {
+            target,
+            timeout,
+            script: Script::new(GCRA_LUA),
+            connection: ArcSwapOption::empty(),
+            timeouts: AtomicU32::new(0),
+            failed: Notify::new(),
+            up: watch::Sender::new(false),
+            gauge,
+            server_error_logged: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        let stop = stop.child_token();
+        tasks.spawn_on(supervise(shared.clone(), client, stop.clone()), &runtime);
+        Ok(SharedLimits {
+            shared,
+            _stop: Arc::new(stop.drop_guard()),
+        })
+    }
+
+    /// One GCRA decision for the budget `key` (stored as `keyless:gcra:{key}`): a rate of
+    /// `per_minute` units a minute, a burst of `burst` units, and this request costs
+    /// `cost` units (0 looks at the budget without spending). One round trip, bounded by
+    /// the timeout; no network call at all while Redis is down.
+    ///
+    /// Every replica must use the same `per_minute` and `burst` for a key: the key holds
+    /// only the time the budget is next full, which the rate and burst interpret.
+    pub async fn check(
+        &self,
+        key: &str,
+        per_minute: NonZeroU32,
+        burst: NonZeroU32,
+        cost: u32,
+    ) -> Verdict {
+        if cost > burst.get() {
+            return Verdict::TooLarge { burst: burst.get() };
+        }
+        let shared = &self.shared;
+        let Some(connection) = shared.connection.load_full() else {
+            return Verdict::Unavailable;
+        };
+        let mut conn = (*connection).clone();
+        let mut invocation = shared.script.key(format!("{KEY_PREFIX}{key}"));
+        invocation.arg(per_minute.get()).arg(burst.get()).arg(cost);
+        let answer = tokio::time::timeout(
+            shared.timeout,
+            invocation.invoke_async::<Vec<i64>>(&mut conn),
+        )
+        .await;
+        match answer {
+            Ok(Ok(reply)) => {
+                shared.timeouts.store(0, Ordering::Relaxed);
+                match verdict(&reply) {
+                    Some(v) => v,
+                    None => {
+                        shared.server_error(&format!("unexpected reply {reply:?}"));
+                        Verdict::Unavailable
+                    }
+                }
+            }
+            Ok(Err(error)) if is_connection_failure(&error) => {
+                shared.take_down(&connection, &error.to_string());
+                Verdict::Unavailable
+            }
+            Ok(Err(error)) => {
+                // A reply, so the connection works: an error about this key or the
+                // script (a key of another type, the script killed, out of memory).
+                shared.server_error(&error.to_string());
+                Verdict::Unavailable
+            }
+            Err(_elapsed) => {
+                let late = shared.timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+                if late >= TIMEOUTS_TO_DOWN {
+                    let reason = format!(
+                        "no answer within {} {late} times in a row",
+                        humantime::format_duration(shared.timeout)
+                    );
+                    shared.take_down(&connection, &reason);
+                }
+                Verdict::Unavailable
+            }
+        }
+    }
+
+    /// Whether decisions are being made in Redis now (`false` while connecting, after a
+    /// failure, and until the reconnection succeeds).
+    pub fn is_up(&self) -> bool {
+        self.shared.connection.load().is_some()
+    }
+
+    /// Waits up to `within` for Redis to be up; returns [`SharedLimits::is_up`]. For
+    /// start-up (so the first requests are shared when Redis is there) and tests.
+    pub async fn wait_up(&self, within: Duration) -> bool {
+        let mut up = self.shared.up.subscribe();
+        let _ = tokio::time::timeout(within, up.wait_for(|up| *up)).await;
+        self.is_up()
+    }
+
+    /// `keyless_limits_backend_up`: 1 while Redis is up, 0 while limits are per process.
+    /// The same gauge each call (a handle on it): register it once.
+    pub fn up_gauge(&self) -> Gauge {
+        self.shared.gauge.clone()
+    }
+}
+
+impl Shared {
+    /// Takes `broken` out of service (if it is still the current connection: a late
+    /// failure of an old connection must not take down its replacement), logs the
+    /// transition once and wakes the background task to reconnect.
+    fn take_down(&self, broken: &Arc<MultiplexedConnection>, reason: &str) {
+        let current = self.connection.load_full();
+        let is_current = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, broken));
+        if !is_current {
+            return;
+        }
+        let previous = self.connection.compare_and_swap(&current, None);
+        let we_took_it = previous.as_ref().is_some_and(|c| Arc::ptr_eq(c, broken));
+        if we_took_it {
+            self.gauge.set(0);
+            self.up.send_replace(false);
+            tracing::warn!(
+                redis = %self.target,
+                reason,
+                "shared rate limits unavailable: limits are per process until Redis answers again"
+            );
+            self.failed.notify_one();
+        }
+    }
+
+    /// Logs an unexpected server reply, at most once a minute.
+    fn server_error(&self, reason: &str) {
+        let now = (self.started.elapsed().as_millis() as u64).max(1);
+        let last = self.server_error_logged.load(Ordering::Relaxed);
+        let due =
+            last == 0 || now.saturating_sub(last) >= SERVER_ERROR_LOG_EVERY.as_millis() as u64;
+        if due
+            && self
+                .server_error_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                redis = %self.target,
+                reason,
+                "a shared rate limit decision failed; this request was limited per process"
+            );
+        }
+    }
+}
+
+/// The background task: connect (with backoff), then watch the connection (a request's
+/// failure or the periodic probe) until it breaks, and again, until `stop`.
+async fn supervise(shared: Arc<Shared>, client: Client, stop: CancellationToken) {
+    let mut ever_up = false;
+    let mut said_unreachable = false;
+    loop {
+        // Down: connect, with backoff.
+        let mut backoff = BACKOFF_FIRST;
+        let connection = loop {
+            let attempt = tokio::select! {
+                _ = stop.cancelled() => return,
+                attempt = establish(&shared, &client) => attempt,
+            };
+            match attempt {
+                Ok(connection) => break connection,
+                Err(reason) => {
+                    if !ever_up && !said_unreachable {
+                        // Down transitions after start are logged by `take_down`; this
+                        // is the one line for a Redis that was never reached.
+                        said_unreachable = true;
+                        tracing::warn!(
+                            redis = %shared.target,
+                            reason,
+                            "cannot reach Redis for shared rate limits: limits are per process until it answers"
+                        );
+                    } else {
+                        tracing::debug!(redis = %shared.target, reason, "Redis reconnection failed");
+                    }
+                }
+            }
+            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 4);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        };
+        // Logged before it is published, so that the line comes before any effect of it.
+        tracing::info!(
+            redis = %shared.target,
+            "shared rate limits {}: decisions are made in Redis",
+            if ever_up || said_unreachable { "recovered" } else { "connected" }
+        );
+        ever_up = true;
+        let connection = Arc::new(connection);
+        shared.timeouts.store(0, Ordering::Relaxed);
+        shared.connection.store(Some(connection.clone()));
+        shared.gauge.set(1);
+        shared.up.send_replace(true);
+        // Up: until a request or the probe finds the connection broken.
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = shared.failed.notified() => {}
+                _ = tokio::time::sleep(PROBE_EVERY) => {
+                    let mut conn = (*connection).clone();
+                    let ping = redis::cmd("PING");
+                    let ping = tokio::time::timeout(
+                        PROBE_TIMEOUT,
+                        ping.query_async::<String>(&mut conn),
+                    )
+                    .await;
+                    match ping {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => shared.take_down(&connection, &error.to_string()),
+                        Err(_) => shared.take_down(&connection, "no answer to a health check"),
+                    }
+                }
+            }
+            // A wake-up left over from an older connection leaves this one up.
+            let still_current = shared
+                .connection
+                .load()
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &connection));
+            if !still_current {
+                break;
+            }
+        }
+    }
+}
+
+/// One connection attempt, all of it bounded by [`PROBE_TIMEOUT`]: connect, load the
+/// script (so requests' `EVALSHA` finds it), and check that Redis answers within the
+/// decision timeout, so a Redis that answers but too slowly stays down rather than
+/// costing every request the timeout.
+async fn establish(shared: &Shared, client: &Client) -> Result<MultiplexedConnection, String> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(PROBE_TIMEOUT))
+        // Requests bound themselves (`check`); the probe here bounds itself too.
+        .set_response_timeout(None);
+    let work = async {
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        shared
+            .script
+            .load_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut fast = false;
+        for _ in 0..3 {
+            let ping = redis::cmd("PING");
+            let ping = ping.query_async::<String>(&mut conn);
+            if let Ok(Ok(_)) = tokio::time::timeout(shared.timeout, ping).await {
+                fast = true;
+                break;
+            }
+        }
+        if !fast {
+            return Err(format!(
+                "Redis answers, but not within {}",
+                humantime::format_duration(shared.timeout)
+            ));
+        }
+        Ok(conn)
+    };
+    tokio::time::timeout(PROBE_TIMEOUT * 2, work)
+        .await
+        .unwrap_or_else(|_| Err("no answer in time".to_owned()))
+}
+
+/// Whether `error` means the connection is unusable (rather than a reply about the key).
+fn is_connection_failure(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+        || error.is_timeout()
+}
+
+/// The script's reply as a verdict; `None` if it is not the four numbers it returns.
+fn verdict(reply: &[i64]) -> Option<Verdict> {
+    let [code, retry_us, remaining, reset_us] = *reply else {
+        return None;
+    };
+    let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
+    let remaining = u32::try_from(remaining.max(0)).unwrap_or(u32::MAX);
+    match code {
+        1 => Some(Verdict::Admit {
+            remaining,
+            reset: micros(reset_us),
+        }),
+        0 => Some(Verdict::Reject {
+            retry_after: micros(retry_us),
+            remaining,
+            reset: micros(reset_us),
+        }),
+        // The script's own guard; `check` decides this before asking.
+        2 => None,
+        _ => None,
+    }
+}
+
+/// `url` as it may be logged: user name, password and query (`?pass=`) replaced by
+/// `***`. Something that is not a URL is shown as `<invalid URL>`, since it might be a
+/// password pasted in the wrong place.
+pub fn redact(url: &str) -> String {
+    let Ok(mut parsed) = Url::parse(url) else {
+        return "<invalid URL>".to_owned();
+    };
+    let had_userinfo = !parsed.username().is_empty() || parsed.password().is_some();
+    let had_query = parsed.query().is_some();
+    // Both fail only for URLs that cannot have user information (no host), which then
+    // have none to hide.
+    let _ = parsed.set_password(None);
+    let _ = parsed.set_username("");
+    parsed.set_query(None);
+    parsed.set_fragment(None);
+    let mut shown = parsed.to_string();
+    if had_userinfo && let Some(at) = shown.find("://") {
+        shown.insert_str(at + 3, "***@");
+    }
+    if had_query {
+        shown.push_str("?***");
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_user_information_and_query() {
+        assert_eq!(
+            redact("redis://:s3cret@cache.example:6380/0"),
+            "redis://***@cache.example:6380/0"
+        );
+        assert_eq!(
+            redact("rediss://user:s3cret@cache.example"),
+            "rediss://***@cache.example"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        let unix = redact("redis+unix:///run/redis.sock?db=1&pass=s3cret");
+        assert!(!unix.contains("s3cret"), "{unix}");
+        assert_eq!(redact("s3cret"), "<invalid URL>");
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_refused_without_its_password() {
+        let tasks = TaskTracker::new();
+        let error = SharedLimits::connect(
+            "http://:s3cret@example.com",
+            Duration::from_millis(5),
+            CancellationToken::new(),
+            &tasks,
+        )
+        .expect_err("http is not a Redis scheme");
+        let shown = format!("{error} {error:?}");
+        assert!(shown.contains("invalid Redis URL"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn debug_shows_no_password() {
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let limits = SharedLimits::connect(
+            "redis://:s3cret@127.0.0.1:1",
+            Duration::from_millis(5),
+            stop.clone(),
+            &tasks,
+        )
+        .expect("a valid URL");
+        let shown = format!("{limits:?}");
+        assert!(shown.contains("redis://***@127.0.0.1:1"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    #[test]
+    fn zero_timeout_is_refused() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let tasks = TaskTracker::new();
+        let result = runtime.block_on(async {
+            SharedLimits::connect(
+                "redis://127.0.0.1:1",
+                Duration::ZERO,
+                CancellationToken::new(),
+                &tasks,
+            )
+        });
+        assert!(matches!(result, Err(Error::ZeroTimeout)), "{result:?}");
+    }
+
+    #[test]
+    fn outside_a_runtime_is_an_error_not_a_panic() {
+        let tasks = TaskTracker::new();
+        let result = SharedLimits::connect(
+            "redis://127.0.0.1:1",
+            Duration::from_millis(5),
+            CancellationToken::new(),
+            &tasks,
+        );
+        assert!(matches!(result, Err(Error::NoRuntime)), "{result:?}");
+    }
+
+    #[test]
+    fn replies_map_to_verdicts() {
+        assert_eq!(
+            verdict(&[1, 0, 4, 2_000_000]),
+            Some(Verdict::Admit {
+                remaining: 4,
+                reset: Duration::from_secs(2)
+            })
+        );
+        assert_eq!(
+            verdict(&[0, 1_500, 0, 30_000_000]),
+            Some(Verdict::Reject {
+                retry_after: Duration::from_micros(1_500),
+                remaining: 0,
+                reset: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(verdict(&[1, 0, 4]), None);
+        assert_eq!(verdict(&[7, 0, 0, 0]), None);
+    }
+}
