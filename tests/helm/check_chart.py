@@ -19,6 +19,7 @@ Exits non-zero if any check fails; the last line is `N passed, N failed`.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import sys
@@ -469,6 +470,43 @@ def gateway_app_keys_and_the_open_gateway() -> None:
     check("open gateway: config.toml stays in the ConfigMap, no Secret", holder == "ConfigMap" and "Secret" not in kinds(open_gateway), holder)
     check("open gateway: no [[apps]]", "apps" not in tomllib.loads(text), text)
     check("open gateway: NOTES say any API key works", "any API key" in notes(CHART, GATEWAY_WI_OFF))
+
+
+LOOKUP_LINE = '{{- lookup "v1" "Secret" .Release.Namespace .Values.gateway.appKeys.existingSecret | toJson }}'
+
+
+def chart_with_secret(tmp: Path, data: dict[str, str]) -> Path:
+    """A copy of the chart whose Secret lookup answers `data` (entry -> plain text), as a
+    cluster holding that Secret would: offline rendering has no cluster to ask."""
+    copy = tmp / "keyless"
+    shutil.copytree(CHART, copy)
+    helpers = copy / "templates" / "_helpers.tpl"
+    text = helpers.read_text()
+    if text.count(LOOKUP_LINE) != 1:
+        raise AssertionError("the lookup line of keyless.appKeys.lookup changed: update LOOKUP_LINE")
+    entries = " ".join(f"{json.dumps(k)} ({json.dumps(v)} | b64enc)" for k, v in data.items())
+    helpers.write_text(text.replace(LOOKUP_LINE, f'{{{{- dict "data" (dict {entries}) | toJson }}}}'))
+    return copy
+
+
+@case
+def app_keys_from_an_existing_secret() -> None:
+    """gateway.appKeys.existingSecret, with the cluster's answer stood in for"""
+    values = deep_merge(GATEWAY_WI_OFF, {"gateway": {"apps": [{"name": "billing", "rpm": 3}, {"name": "search", "secretKey": "search-key"}], "appKeys": {"existingSecret": "keyless-app-keys"}}})
+    with tempfile.TemporaryDirectory() as tmp:
+        # As `kubectl create secret --from-file` leaves it: with a trailing newline.
+        chart = chart_with_secret(Path(tmp) / "a", {"billing": HASH_A + "\n", "search-key": HASH_B, "other": "x"})
+        objects = render(chart, values)
+        missing = chart_with_secret(Path(tmp) / "b", {"billing": HASH_A})
+        not_hex = chart_with_secret(Path(tmp) / "c", {"billing": "sk-the-key-itself", "search-key": HASH_B})
+        validate(objects, [min_kube_version(CHART), latest_version()], "gateway, app keys from an existing Secret")
+        text, holder = config_file(objects)
+        toml = tomllib.loads(text)
+        check("existing Secret: each app's hash from its entry (name or secretKey), whitespace trimmed", toml.get("apps") == [{"name": "billing", "key_sha256": HASH_A, "rpm": 3}, {"name": "search", "key_sha256": HASH_B}], str(toml.get("apps")))
+        check("existing Secret: config.toml rendered into the chart's Secret", holder == "Secret")
+        check("existing Secret: entries no app names stay out", '"x"' not in text, text)
+        expect_render_error(values, 'Secret "keyless-app-keys" has no entry "search-key"', "an app whose entry is missing is an error that names it", missing)
+        expect_render_error(values, "gateway.apps[0] (billing): the key hash must be 64 lowercase hex digits", "an entry that is not a hash is an error", not_hex)
 
 
 @case

@@ -134,6 +134,15 @@ true
 {{- end }}
 
 {{/*
+gateway.appKeys.existingSecret as Helm's lookup returns it, as JSON: {} when Helm cannot
+read it. On one line of its own so that tests/helm/check_chart.py can stand in for the
+cluster.
+*/}}
+{{- define "keyless.appKeys.lookup" -}}
+{{- lookup "v1" "Secret" .Release.Namespace .Values.gateway.appKeys.existingSecret | toJson }}
+{{- end }}
+
+{{/*
 The [[apps]] tables of config.toml. Each app's key hash comes from its keySha256, or from
 gateway.appKeys.existingSecret (read with lookup: at install and upgrade, not in
 `helm template`), never both.
@@ -147,7 +156,7 @@ gateway.appKeys.existingSecret (read with lookup: at install and upgrade, not in
 {{- fail (printf "gateway.apps[%d] (%s): keySha256 and gateway.appKeys.existingSecret both give its key hash: keep one" $i $app.name) }}
 {{- end }}
 {{- end }}
-{{- $found := lookup "v1" "Secret" .Release.Namespace $secretName }}
+{{- $found := include "keyless.appKeys.lookup" . | fromJson }}
 {{- if not $found }}
 {{- fail (printf "gateway.appKeys.existingSecret %q: no such Secret in namespace %q, or Helm cannot read it here (helm template and --dry-run=client never can: use --dry-run=server, or the apps' keySha256)" $secretName .Release.Namespace) }}
 {{- end }}
