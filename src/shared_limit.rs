@@ -20,7 +20,7 @@ use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use redis::{AsyncConnectionConfig, Client, RedisError, Script, TlsCertificates};
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -208,6 +208,29 @@ impl SharedLimits {
         stop: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<SharedLimits, Error> {
+        SharedLimits::start(url, None, timeout, stop, tasks)
+    }
+
+    /// [`SharedLimits::connect`] for a `rediss://` URL whose server certificate is signed
+    /// by a private CA: `roots_pem` (PEM certificates) are the only roots trusted, instead
+    /// of the system's.
+    pub fn connect_with_roots(
+        url: &str,
+        roots_pem: &[u8],
+        timeout: Duration,
+        stop: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<SharedLimits, Error> {
+        SharedLimits::start(url, Some(roots_pem), timeout, stop, tasks)
+    }
+
+    fn start(
+        url: &str,
+        roots_pem: Option<&[u8]>,
+        timeout: Duration,
+        stop: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<SharedLimits, Error> {
         let target = redact(url);
         let invalid = |reason: String| Error::InvalidUrl {
             url: target.clone(),
@@ -216,7 +239,17 @@ impl SharedLimits {
         let parsed = Url::parse(url).map_err(|e| invalid(e.to_string()))?;
         // The client's own error text is not shown: it is not ours to vouch that it
         // never quotes the URL. Its kind says enough.
-        let client = Client::open(parsed).map_err(|e| invalid(format!("{:?}", e.kind())))?;
+        let client = match roots_pem {
+            None => Client::open(parsed),
+            Some(roots) => Client::build_with_tls(
+                parsed,
+                TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(roots.to_vec()),
+                },
+            ),
+        }
+        .map_err(|e| invalid(format!("{:?}", e.kind())))?;
         if timeout.is_zero() {
             return Err(Error::ZeroTimeout);
         }

@@ -476,3 +476,62 @@ async fn down_and_up_are_logged_once_each_and_the_password_never() {
     );
     assert!(everything.contains("redis://***@127.0.0.1"), "{everything}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_verifies_the_server_against_the_given_roots() {
+    // The log is read below: capture it before anything connects.
+    let _ = log_lines(0);
+    // A private CA and a certificate for 127.0.0.1 it signed.
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+    let server_key = rcgen::KeyPair::generate().expect("server key");
+    let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("server params")
+        .signed_by(&server_key, &ca)
+        .expect("server certificate");
+    let redis = RedisServer::start_tls(&server_cert.pem(), &server_key.serialize_pem());
+
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let trusted = SharedLimits::connect_with_roots(
+        &redis.tls_url(),
+        ca.pem().as_bytes(),
+        TIMEOUT,
+        stop.clone(),
+        &tasks,
+    )
+    .expect("connect");
+    assert!(trusted.wait_up(UP_WITHIN).await, "TLS with the private CA");
+    assert!(matches!(
+        trusted.check("t", n(1), n(2), 1).await,
+        Verdict::Admit { remaining: 1, .. }
+    ));
+
+    // The system's roots do not know that CA: the connection is refused, never used.
+    let untrusted = Replica::connect(&redis.tls_url(), TIMEOUT);
+    let deadline = Instant::now() + UP_WITHIN;
+    while count(&log_lines(redis.port_tls()), "WARN", "cannot reach Redis") == 0 {
+        assert!(Instant::now() < deadline, "no failed TLS connection logged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!untrusted.limits.is_up());
+    let refused = log_lines(redis.port_tls());
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.to_lowercase().contains("certificate")),
+        "refused for its certificate: {refused:#?}"
+    );
+    assert_eq!(
+        untrusted.limits.check("t", n(1), n(2), 1).await,
+        Verdict::Unavailable
+    );
+    untrusted.shut_down().await;
+    stop.cancel();
+    tasks.close();
+    tokio::time::timeout(PROMPT * 5, tasks.wait())
+        .await
+        .expect("stopped");
+}

@@ -18,6 +18,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     password: Option<String>,
+    /// With TLS: the TLS port, beside the plain one (which readiness is checked on).
+    tls_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -31,17 +33,35 @@ impl RedisServer {
         RedisServer::start_inner(Some(password.to_owned()))
     }
 
+    /// Starts one that also serves TLS, with this certificate and key (PEM), on a second
+    /// port: [`RedisServer::tls_url`].
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> RedisServer {
+        let dir = tempfile::tempdir().expect("a directory for redis-server");
+        std::fs::write(dir.path().join("server.crt"), cert_pem).expect("write certificate");
+        std::fs::write(dir.path().join("server.key"), key_pem).expect("write key");
+        RedisServer::start_in(dir, None, true)
+    }
+
     fn start_inner(password: Option<String>) -> RedisServer {
+        let dir = tempfile::tempdir().expect("a directory for redis-server");
+        RedisServer::start_in(dir, password, false)
+    }
+
+    fn start_in(dir: tempfile::TempDir, password: Option<String>, tls: bool) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: 0,
-            dir: tempfile::tempdir().expect("a directory for redis-server"),
+            dir,
             password,
+            tls_port: None,
         };
         // The port is free when chosen and taken by redis a moment later; if another
         // process took it in between, redis exits and a new port is tried.
         for _ in 0..5 {
             server.port = free_port();
+            if tls {
+                server.tls_port = Some(free_port());
+            }
             if server.spawn() {
                 return server;
             }
@@ -55,6 +75,16 @@ impl RedisServer {
             Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
             None => format!("redis://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` (only for [`RedisServer::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port_tls())
+    }
+
+    /// The TLS port (only for [`RedisServer::start_tls`]).
+    pub fn port_tls(&self) -> u16 {
+        self.tls_port.expect("started with start_tls")
     }
 
     /// The port it listens on (kept across [`RedisServer::restart`]).
@@ -107,6 +137,17 @@ impl RedisServer {
         let mut command = Command::new("redis-server");
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
+        }
+        if let Some(tls_port) = self.tls_port {
+            let file = |name: &str| self.dir.path().join(name);
+            command
+                .args(["--tls-port", &tls_port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(file("server.crt"))
+                .arg("--tls-key-file")
+                .arg(file("server.key"))
+                // No client certificates: the client checks the server, not the reverse.
+                .args(["--tls-auth-clients", "no"]);
         }
         let child = command
             .args(["--port", &self.port.to_string()])
