@@ -41,6 +41,11 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// quarter of jitter so that replicas restarted together do not reconnect in step.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A connection that breaks within this long of being made counts as flapping.
+const FLAP_WINDOW: Duration = Duration::from_secs(30);
+/// The decision timeout to use when nothing else is configured: a Redis round trip in the
+/// same region is well under a millisecond, and a request must never wait long for one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5);
 /// Timeouts in a row that take a connection down. One slow answer is one `Unavailable`;
 /// a run of them means Redis hangs (or the network drops packets), and reconnecting
 /// (which checks the latency again) is better than paying the timeout on every request.
@@ -411,9 +416,22 @@ impl Shared {
 async fn supervise(shared: Arc<Shared>, client: Client, stop: CancellationToken) {
     let mut ever_up = false;
     let mut said_unreachable = false;
+    let mut backoff = BACKOFF_FIRST;
+    let mut up_since: Option<Instant> = None;
     loop {
-        // Down: connect, with backoff.
-        let mut backoff = BACKOFF_FIRST;
+        // Down: connect, with backoff. A connection that broke soon after it was made
+        // means a flapping Redis: then the backoff goes on from where it was, before the
+        // first attempt too, so that Redis and the log see at most one reconnection per
+        // backoff. Otherwise the first attempt is at once, for a quick recovery.
+        if up_since.is_some_and(|since| since.elapsed() < FLAP_WINDOW) {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(jittered(backoff)) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        } else {
+            backoff = BACKOFF_FIRST;
+        }
         let connection = loop {
             let attempt = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -436,10 +454,9 @@ async fn supervise(shared: Arc<Shared>, client: Client, stop: CancellationToken)
                     }
                 }
             }
-            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 4);
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
+                _ = tokio::time::sleep(jittered(backoff)) => {}
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         };
@@ -450,6 +467,7 @@ async fn supervise(shared: Arc<Shared>, client: Client, stop: CancellationToken)
             if ever_up || said_unreachable { "recovered" } else { "connected" }
         );
         ever_up = true;
+        up_since = Some(Instant::now());
         let connection = Arc::new(connection);
         shared.timeouts.store(0, Ordering::Relaxed);
         shared.connection.store(Some(connection.clone()));
@@ -486,6 +504,12 @@ async fn supervise(shared: Arc<Shared>, client: Client, stop: CancellationToken)
             }
         }
     }
+}
+
+/// `backoff` plus up to a quarter more, at random.
+fn jittered(backoff: Duration) -> Duration {
+    let quarter = backoff.as_millis() as u64 / 4;
+    backoff + Duration::from_millis(rand::rng().random_range(0..=quarter))
 }
 
 /// One connection attempt, all of it bounded by [`PROBE_TIMEOUT`]: connect, load the
