@@ -440,6 +440,7 @@ def gateway_app_keys_and_the_open_gateway() -> None:
     expect_render_error(apps({"name": "billing", "keySha256": HASH_A, "key": "x"}), "key", "an unknown app field rejected by values.schema.json")
     expect_render_error(apps({"name": "", "keySha256": HASH_A}), "name", "an empty app name rejected by values.schema.json")
     expect_render_error(apps({"name": "billing", "keySha256": HASH_A, "rpm": 0}), "rpm", "rpm 0 rejected by values.schema.json")
+    expect_render_error(apps({"name": "billing", "keySha256": HASH_A, "models": []}), "models", "an empty models list (none? any?) rejected by values.schema.json")
     with_secret = deep_merge(base, {"gateway": {"apps": [{"name": "billing"}], "appKeys": {"existingSecret": "keyless-app-keys"}}})
     expect_render_error(with_secret, 'gateway.appKeys.existingSecret "keyless-app-keys": no such Secret in namespace "ai"', "an existing Secret Helm cannot read is an error that names it")
     expect_render_error(with_secret, "helm template", "the error says why helm template cannot read it")
