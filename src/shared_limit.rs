@@ -1,8 +1,11 @@
 //! Rate limits shared by every replica through Redis (issue 12.6).
 //!
-//! Each decision is one GCRA step run by one Lua script in Redis (`EVALSHA`, one round
-//! trip, atomic), timed by the Redis server's own clock (`TIME`), so replicas on machines
-//! whose clocks disagree still share one budget. The arithmetic is governor's (the crate
+//! Each decision is one Lua script in Redis (`EVALSHA`, one round trip, atomic) that runs
+//! a GCRA step for every budget the request must fit in ([`SharedLimits::check_all`]: an
+//! app's and its deployment's requests and tokens; all are spent or none is), timed by the
+//! Redis server's own clock (`TIME`), so replicas on machines whose clocks disagree still
+//! share one budget. A single Redis, not Redis Cluster: the budgets of one decision are
+//! keys of one script. The arithmetic is governor's (the crate
 //! behind [`crate::limit`]): a rate of N per minute is one unit every 60/N s, a burst of B
 //! lets B units through at once, and a request of cost k needs k units.
 //!
@@ -55,54 +58,120 @@ const SERVER_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Every key this module writes starts with this.
 pub const KEY_PREFIX: &str = "keyless:gcra:";
 
-/// One GCRA step, in microseconds on the Redis server's clock.
+/// One GCRA decision over several budgets, all or nothing, in microseconds on the Redis
+/// server's clock.
 ///
-/// KEYS[1]: the budget's key. ARGV: rate per minute, burst, cost (all positive integers
-/// but the cost, which may be 0: a look at the budget that spends nothing).
-/// The stored value is the theoretical arrival time (TAT), a float of microseconds since
-/// the epoch (about 1.8e15: exact to a quarter of a microsecond in a double), written with
+/// KEYS: the budgets' keys. ARGV: per budget, its rate per minute, burst and this
+/// request's cost (all positive integers but the cost, which may be 0: a look at the
+/// budget that spends nothing).
+/// Each key holds its theoretical arrival time (TAT), a float of microseconds since the
+/// epoch (about 1.8e15: exact to a quarter of a microsecond in a double), written with
 /// `%.17g` so it round-trips. governor's test, with T the emission interval and
-/// tau = T * (burst - 1): admit at `now` iff now >= TAT + (cost - 1) * T - tau, and then
-/// TAT' = max(TAT, now) + cost * T.
-/// Returns {verdict, retry_after_us, remaining, reset_us}: verdict 1 admitted, 0 rejected,
-/// 2 a cost above the burst (never admissible). `remaining` is the units a request could
-/// still spend now; `reset` the time until the whole burst is available again (what
-/// OpenAI's `x-ratelimit-reset-*` headers mean). Both are floored/ceiled with a
-/// microsecond of slack for the float error of subtracting two large times.
+/// tau = T * (burst - 1): a budget admits at `now` iff now >= TAT + (cost - 1) * T - tau,
+/// and then TAT' = max(TAT, now) + cost * T. The request is admitted only if every budget
+/// admits it, and then every budget is spent; otherwise none is.
+/// Returns {admitted (1 or 0), then per budget: wait_us, remaining, reset_us}. `wait` is how
+/// long until that budget alone would admit the request (0 if it does now, -1 never: a cost
+/// above the burst); `remaining` the units a request could still spend now; `reset` the
+/// time until the whole burst is available again (what OpenAI's `x-ratelimit-reset-*`
+/// headers mean). Both are floored/ceiled with a microsecond of slack for the float error
+/// of subtracting two large times.
 const GCRA_LUA: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
-local per_minute = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local t = 60000000 / per_minute
-local tau = t * (burst - 1)
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now) or now
-if tat < now then tat = now end
-local function remaining(at)
-  local r = math.floor((now + tau + t - at + 1) / t)
-  if r < 0 then r = 0 end
-  if r > burst then r = burst end
-  return r
+local budgets = {}
+local admit = true
+for i = 1, #KEYS do
+  local per_minute = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local cost = tonumber(ARGV[3 * i])
+  local t = 60000000 / per_minute
+  local tau = t * (burst - 1)
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now) or now
+  if tat < now then tat = now end
+  local wait = 0
+  if cost > burst then
+    wait = -1
+    admit = false
+  elseif cost > 0 then
+    local earliest = tat + (cost - 1) * t - tau
+    if now < earliest then
+      wait = math.ceil(earliest - now)
+      admit = false
+    end
+  end
+  budgets[i] = {t = t, tau = tau, burst = burst, cost = cost, tat = tat, wait = wait}
 end
-local function reset(at)
-  return math.max(0, math.ceil(at - now - 1))
+local out = {admit and 1 or 0}
+for i, b in ipairs(budgets) do
+  local at = b.tat
+  if admit and b.cost > 0 then
+    at = b.tat + b.cost * b.t
+    redis.call('SET', KEYS[i], string.format('%.17g', at), 'PX', math.ceil((at - now) / 1000) + 1)
+  end
+  local remaining = math.floor((now + b.tau + b.t - at + 1) / b.t)
+  if remaining < 0 then remaining = 0 end
+  if remaining > b.burst then remaining = b.burst end
+  out[#out + 1] = b.wait
+  out[#out + 1] = remaining
+  out[#out + 1] = math.max(0, math.ceil(at - now - 1))
 end
-if cost > burst then
-  return {2, 0, remaining(tat), reset(tat)}
-end
-if cost == 0 then
-  return {1, 0, remaining(tat), reset(tat)}
-end
-local earliest = tat + (cost - 1) * t - tau
-if now < earliest then
-  return {0, math.ceil(earliest - now), remaining(tat), reset(tat)}
-end
-local next = tat + cost * t
-redis.call('SET', KEYS[1], string.format('%.17g', next), 'PX', math.ceil((next - now) / 1000) + 1)
-return {1, 0, remaining(next), reset(next)}
+return out
 "#;
+
+/// One budget a request must fit in, for [`SharedLimits::check_all`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget<'a> {
+    /// The budget's name, stored as `keyless:gcra:{key}` (e.g. `app:billing:rpm`).
+    pub key: &'a str,
+    /// Units a minute.
+    pub per_minute: NonZeroU32,
+    /// Units that may be spent at once.
+    pub burst: NonZeroU32,
+    /// What this request costs (1 for a request budget, the token estimate for a token
+    /// budget; 0 looks at the budget without spending).
+    pub cost: u32,
+}
+
+/// A budget's state after a decision, for OpenAI's `x-ratelimit-remaining-*` and
+/// `x-ratelimit-reset-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headroom {
+    /// Units a request could still spend now.
+    pub remaining: u32,
+    /// Time until the whole burst is available again.
+    pub reset: Duration,
+}
+
+/// What Redis decided about one request against several budgets at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Every budget admitted the request, and every one is spent. One [`Headroom`] a
+    /// budget, in the order given.
+    Admit(Vec<Headroom>),
+    /// At least one budget refused, and none is spent.
+    Reject {
+        /// How long until every budget would admit the request: the longest wait of the
+        /// budgets that refused (nothing is spent meanwhile, so the others still will).
+        retry_after: Duration,
+        /// The budget with that wait (an index into the budgets given).
+        limiting: usize,
+        /// One [`Headroom`] a budget, in the order given, none of them spent.
+        budgets: Vec<Headroom>,
+    },
+    /// Budget `index`'s cost is larger than its burst: no wait would ever admit it.
+    /// Decided without Redis, so also the answer while Redis is down.
+    TooLarge {
+        /// The budget (an index into the budgets given).
+        index: usize,
+        /// Its burst.
+        burst: u32,
+    },
+    /// Redis is down, or did not answer within the timeout: decide with the per-process
+    /// limits instead. Nothing is known about the shared budgets.
+    Unavailable,
+}
 
 /// What Redis decided about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,16 +364,69 @@ impl SharedLimits {
         burst: NonZeroU32,
         cost: u32,
     ) -> Verdict {
-        if cost > burst.get() {
-            return Verdict::TooLarge { burst: burst.get() };
+        let budget = Budget {
+            key,
+            per_minute,
+            burst,
+            cost,
+        };
+        match self.check_all(&[budget]).await {
+            Decision::Admit(budgets) => match budgets.first() {
+                Some(h) => Verdict::Admit {
+                    remaining: h.remaining,
+                    reset: h.reset,
+                },
+                None => Verdict::Unavailable,
+            },
+            Decision::Reject {
+                retry_after,
+                budgets,
+                ..
+            } => match budgets.first() {
+                Some(h) => Verdict::Reject {
+                    retry_after,
+                    remaining: h.remaining,
+                    reset: h.reset,
+                },
+                None => Verdict::Unavailable,
+            },
+            Decision::TooLarge { burst, .. } => Verdict::TooLarge { burst },
+            Decision::Unavailable => Verdict::Unavailable,
+        }
+    }
+
+    /// One decision for a request that must fit in every one of `budgets` (an app's
+    /// requests and tokens, its deployment's requests and tokens): one script, one round
+    /// trip, atomic, all or nothing, so a request one budget refuses spends nothing from
+    /// the others. Bounded by the timeout; no network call at all while Redis is down,
+    /// none either for no budgets (`Admit` of nothing) or a cost above its burst.
+    pub async fn check_all(&self, budgets: &[Budget<'_>]) -> Decision {
+        if let Some((index, b)) = budgets
+            .iter()
+            .enumerate()
+            .find(|(_, b)| b.cost > b.burst.get())
+        {
+            return Decision::TooLarge {
+                index,
+                burst: b.burst.get(),
+            };
+        }
+        if budgets.is_empty() {
+            return Decision::Admit(Vec::new());
         }
         let shared = &self.shared;
         let Some(connection) = shared.connection.load_full() else {
-            return Verdict::Unavailable;
+            return Decision::Unavailable;
         };
         let mut conn = (*connection).clone();
-        let mut invocation = shared.script.key(format!("{KEY_PREFIX}{key}"));
-        invocation.arg(per_minute.get()).arg(burst.get()).arg(cost);
+        let mut invocation = shared.script.prepare_invoke();
+        for b in budgets {
+            invocation
+                .key(format!("{KEY_PREFIX}{}", b.key))
+                .arg(b.per_minute.get())
+                .arg(b.burst.get())
+                .arg(b.cost);
+        }
         let answer = tokio::time::timeout(
             shared.timeout,
             invocation.invoke_async::<Vec<i64>>(&mut conn),
@@ -313,23 +435,23 @@ impl SharedLimits {
         match answer {
             Ok(Ok(reply)) => {
                 shared.timeouts.store(0, Ordering::Relaxed);
-                match verdict(&reply) {
-                    Some(v) => v,
+                match decision(&reply, budgets.len()) {
+                    Some(d) => d,
                     None => {
                         shared.server_error(&format!("unexpected reply {reply:?}"));
-                        Verdict::Unavailable
+                        Decision::Unavailable
                     }
                 }
             }
             Ok(Err(error)) if is_connection_failure(&error) => {
                 shared.take_down(&connection, &error.to_string());
-                Verdict::Unavailable
+                Decision::Unavailable
             }
             Ok(Err(error)) => {
-                // A reply, so the connection works: an error about this key or the
-                // script (a key of another type, the script killed, out of memory).
+                // A reply, so the connection works: an error about a key or the script
+                // (a key of another type, the script killed, out of memory).
                 shared.server_error(&error.to_string());
-                Verdict::Unavailable
+                Decision::Unavailable
             }
             Err(_elapsed) => {
                 let late = shared.timeouts.fetch_add(1, Ordering::Relaxed) + 1;
@@ -340,7 +462,7 @@ impl SharedLimits {
                     );
                     shared.take_down(&connection, &reason);
                 }
-                Verdict::Unavailable
+                Decision::Unavailable
             }
         }
     }
@@ -562,25 +684,37 @@ fn is_connection_failure(error: &RedisError) -> bool {
         || error.is_timeout()
 }
 
-/// The script's reply as a verdict; `None` if it is not the four numbers it returns.
-fn verdict(reply: &[i64]) -> Option<Verdict> {
-    let [code, retry_us, remaining, reset_us] = *reply else {
+/// The script's reply for `n` budgets as a decision; `None` if it is not the
+/// `1 + 3n` numbers the script returns, or says what `check_all` rules out first.
+fn decision(reply: &[i64], n: usize) -> Option<Decision> {
+    let (&admitted, rest) = reply.split_first()?;
+    if rest.len() != 3 * n {
         return None;
-    };
+    }
     let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
-    let remaining = u32::try_from(remaining.max(0)).unwrap_or(u32::MAX);
-    match code {
-        1 => Some(Verdict::Admit {
-            remaining,
-            reset: micros(reset_us),
+    let mut budgets = Vec::with_capacity(n);
+    let mut longest: Option<(usize, i64)> = None;
+    for (i, chunk) in rest.chunks_exact(3).enumerate() {
+        let [wait, remaining, reset] = [chunk[0], chunk[1], chunk[2]];
+        if wait < 0 {
+            // A cost above the burst: `check_all` answers that without asking.
+            return None;
+        }
+        if longest.is_none_or(|(_, w)| wait > w) && wait > 0 {
+            longest = Some((i, wait));
+        }
+        budgets.push(Headroom {
+            remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+            reset: micros(reset),
+        });
+    }
+    match (admitted, longest) {
+        (1, _) => Some(Decision::Admit(budgets)),
+        (0, Some((limiting, wait))) => Some(Decision::Reject {
+            retry_after: micros(wait),
+            limiting,
+            budgets,
         }),
-        0 => Some(Verdict::Reject {
-            retry_after: micros(retry_us),
-            remaining,
-            reset: micros(reset_us),
-        }),
-        // The script's own guard; `check` decides this before asking.
-        2 => None,
         _ => None,
     }
 }
@@ -695,23 +829,34 @@ mod tests {
     }
 
     #[test]
-    fn replies_map_to_verdicts() {
+    fn replies_map_to_decisions() {
+        let h = |remaining, secs| Headroom {
+            remaining,
+            reset: Duration::from_secs(secs),
+        };
         assert_eq!(
-            verdict(&[1, 0, 4, 2_000_000]),
-            Some(Verdict::Admit {
-                remaining: 4,
-                reset: Duration::from_secs(2)
+            decision(&[1, 0, 4, 2_000_000], 1),
+            Some(Decision::Admit(vec![h(4, 2)]))
+        );
+        // The longest wait limits, whatever its position.
+        assert_eq!(
+            decision(
+                &[
+                    0, 1_000_000, 0, 30_000_000, 0, 3, 1_000_000, 5_000_000, 0, 60_000_000
+                ],
+                3
+            ),
+            Some(Decision::Reject {
+                retry_after: Duration::from_secs(5),
+                limiting: 2,
+                budgets: vec![h(0, 30), h(3, 1), h(0, 60)],
             })
         );
-        assert_eq!(
-            verdict(&[0, 1_500, 0, 30_000_000]),
-            Some(Verdict::Reject {
-                retry_after: Duration::from_micros(1_500),
-                remaining: 0,
-                reset: Duration::from_secs(30)
-            })
-        );
-        assert_eq!(verdict(&[1, 0, 4]), None);
-        assert_eq!(verdict(&[7, 0, 0, 0]), None);
+        assert_eq!(decision(&[1, 0, 4], 1), None, "too short");
+        assert_eq!(decision(&[1, 0, 4, 2, 0], 1), None, "too long");
+        assert_eq!(decision(&[0, 0, 4, 2], 1), None, "refused with no wait");
+        assert_eq!(decision(&[0, -1, 0, 0], 1), None, "the script's own guard");
+        assert_eq!(decision(&[7, 0, 0, 0], 1), None);
+        assert_eq!(decision(&[], 0), None);
     }
 }

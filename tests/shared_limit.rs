@@ -10,7 +10,7 @@
 
 mod support;
 
-use keyless::shared_limit::{SharedLimits, Verdict};
+use keyless::shared_limit::{Budget, Decision, SharedLimits, Verdict};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -534,4 +534,131 @@ async fn rediss_verifies_the_server_against_the_given_roots() {
     tokio::time::timeout(PROMPT * 5, tasks.wait())
         .await
         .expect("stopped");
+}
+
+fn budget(key: &str, per_minute: u32, burst: u32, cost: u32) -> Budget<'_> {
+    Budget {
+        key,
+        per_minute: n(per_minute),
+        burst: n(burst),
+        cost,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_budgets_are_spent_all_or_nothing() {
+    let redis = RedisServer::start();
+    let replica = Replica::up(&redis.url()).await;
+    let limits = &replica.limits;
+    let slack = Duration::from_secs(2);
+    // An app's request budget (10 at once) and its deployment's (2 at once, one every 30 s).
+    let app = budget("app:a:rpm", 1, 10, 1);
+    let deployment = budget("deployment:d:rpm", 2, 2, 1);
+    for left in [1, 0] {
+        match limits.check_all(&[app, deployment]).await {
+            Decision::Admit(headroom) => {
+                assert_eq!(headroom.len(), 2);
+                assert_eq!(headroom[0].remaining, 8 + left);
+                assert_eq!(headroom[1].remaining, left);
+            }
+            other => panic!("within both budgets, got {other:?}"),
+        }
+    }
+    // The deployment refuses: nothing is spent, the app's budget included.
+    for _ in 0..3 {
+        match limits.check_all(&[app, deployment]).await {
+            Decision::Reject {
+                retry_after,
+                limiting,
+                budgets,
+            } => {
+                assert_eq!(limiting, 1, "the deployment limits");
+                assert_about(retry_after, Duration::from_secs(30), slack, "retry_after");
+                assert_eq!(budgets[0].remaining, 8, "the app's budget is untouched");
+                assert_eq!(budgets[1].remaining, 0);
+            }
+            other => panic!("past the deployment's burst, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        limits.check("app:a:rpm", n(1), n(10), 0).await,
+        Verdict::Admit { remaining: 8, .. }
+    ));
+    // The longest wait of those that refuse is the wait for all of them.
+    let tokens = budget("app:a:tpm", 1, 100, 100);
+    assert!(matches!(
+        limits.check_all(&[tokens]).await,
+        Decision::Admit(_)
+    ));
+    match limits.check_all(&[deployment, tokens]).await {
+        Decision::Reject {
+            retry_after,
+            limiting,
+            ..
+        } => {
+            assert_eq!(limiting, 1, "100 tokens at one a minute wait longest");
+            assert_about(
+                retry_after,
+                Duration::from_secs(100 * 60),
+                slack,
+                "retry_after",
+            );
+        }
+        other => panic!("both refuse, got {other:?}"),
+    }
+    // A cost above a burst is found without Redis and names its budget.
+    assert_eq!(
+        limits
+            .check_all(&[app, budget("app:a:tpm", 1, 100, 101)])
+            .await,
+        Decision::TooLarge {
+            index: 1,
+            burst: 100
+        }
+    );
+    assert_eq!(limits.check_all(&[]).await, Decision::Admit(Vec::new()));
+    replica.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_spend_joint_budgets_together() {
+    let redis = RedisServer::start();
+    let a = Replica::up(&redis.url()).await;
+    let b = Replica::up(&redis.url()).await;
+    // The deployment admits 6 of the 30; the app, with room for 10, must lose exactly those 6.
+    let callers = 30;
+    let barrier = Arc::new(Barrier::new(callers));
+    let mut calls = Vec::new();
+    for i in 0..callers {
+        let limits = if i % 2 == 0 {
+            a.limits.clone()
+        } else {
+            b.limits.clone()
+        };
+        let barrier = barrier.clone();
+        calls.push(tokio::spawn(async move {
+            barrier.wait().await;
+            limits
+                .check_all(&[
+                    budget("app:j:rpm", 1, 10, 1),
+                    budget("deployment:j:rpm", 1, 6, 1),
+                ])
+                .await
+        }));
+    }
+    let mut admitted = 0;
+    for call in calls {
+        match call.await.expect("check task") {
+            Decision::Admit(_) => admitted += 1,
+            Decision::Reject { limiting, .. } => assert_eq!(limiting, 1),
+            other => panic!("every call is decided in Redis, got {other:?}"),
+        }
+    }
+    assert_eq!(admitted, 6);
+    assert!(matches!(
+        a.limits.check("app:j:rpm", n(1), n(10), 0).await,
+        Verdict::Admit { remaining: 4, .. }
+    ));
+    a.shut_down().await;
+    b.shut_down().await;
 }
