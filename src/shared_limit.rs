@@ -18,6 +18,28 @@
 //! The Redis URL may carry a password: it appears nowhere (logs, errors, `Debug`) except
 //! in the connection itself; everywhere else it is shown with its user information and
 //! query replaced (see [`redact`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keyless::shared_limit::Error> {
+//! use keyless::shared_limit::{Budget, Decision, SharedLimits, DEFAULT_TIMEOUT};
+//! use std::num::NonZeroU32;
+//! use tokio_util::{sync::CancellationToken, task::TaskTracker};
+//!
+//! let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
+//! let limits = SharedLimits::connect("redis://10.0.0.5:6379", DEFAULT_TIMEOUT, stop, &tasks)?;
+//! let per_minute = NonZeroU32::MIN.saturating_add(59); // 60
+//! let request = [
+//!     Budget { key: "app:billing:rpm", per_minute, burst: per_minute, cost: 1 },
+//!     Budget { key: "deployment:prod-4o-mini:rpm", per_minute, burst: per_minute, cost: 1 },
+//! ];
+//! match limits.check_all(&request).await {
+//!     Decision::Admit(headroom) => { /* serve; headroom[i] feeds x-ratelimit-*-requests */ }
+//!     Decision::Reject { retry_after, .. } => { /* 429 with retry-after */ }
+//!     Decision::TooLarge { .. } => { /* 429 that no wait cures */ }
+//!     Decision::Unavailable => { /* decide with the per-process limits */ }
+//! }
+//! # Ok(()) }
+//! ```
 
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::gauge::Gauge;
@@ -482,7 +504,8 @@ impl SharedLimits {
     }
 
     /// `keyless_limits_backend_up`: 1 while Redis is up, 0 while limits are per process.
-    /// The same gauge each call (a handle on it): register it once.
+    /// The same gauge each call (a handle on it): register it once, as `limits_backend_up`
+    /// in telemetry's `keyless`-prefixed registry.
     pub fn up_gauge(&self) -> Gauge {
         self.shared.gauge.clone()
     }
