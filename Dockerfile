@@ -21,5 +21,12 @@ COPY --from=build /src/target/release/keyless /usr/local/bin/keyless
 USER 65532:65532
 EXPOSE 8787
 ENTRYPOINT ["/usr/local/bin/keyless"]
-# In a container keyless must listen on all interfaces (its default is 127.0.0.1).
+# In a container keyless must listen on all interfaces (its default is 127.0.0.1), and a
+# listener that is not loopback needs app keys ([[apps]] in --config) or an explicit
+# --allow-unauthenticated. The default command has neither on purpose: run bare, the image
+# refuses to start and says why, rather than serve the identity to whatever reaches the
+# port (`docker run -p 8787:8787` publishes it on every host interface). Say what guards it:
+#   docker run -p 127.0.0.1:8787:8787 IMAGE serve --listen 0.0.0.0:8787 --allow-unauthenticated
+#   docker run -v ./keyless.toml:/etc/keyless.toml:ro -p 8787:8787 IMAGE serve --listen 0.0.0.0:8787 --config /etc/keyless.toml
+# (docs/deploy.md). The Helm chart passes its own arguments.
 CMD ["serve", "--listen", "0.0.0.0:8787"]

@@ -23,6 +23,7 @@ pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod server;
+pub mod shared_limit;
 pub mod simulate;
 pub mod telemetry;
 pub mod upstream;

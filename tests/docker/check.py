@@ -255,6 +255,11 @@ def check_dockerfile() -> Stage | None:
     if cmd and "--listen" in cmd and cmd.index("--listen") + 1 < len(cmd):
         listen = cmd[cmd.index("--listen") + 1]
     check("CMD listens on all interfaces", bool(listen) and listen.startswith("0.0.0.0:"), str(cmd))
+    check(
+        "CMD does not pass --allow-unauthenticated (issue 12.5: the user says what guards an open listener)",
+        bool(cmd) and "--allow-unauthenticated" not in cmd,
+        str(cmd),
+    )
     check("EXPOSE is the port CMD listens on", bool(listen) and int(listen.rsplit(":", 1)[1]) in exposed, f"EXPOSE {sorted(exposed)}, listen {listen}")
     return runtime
 
@@ -355,6 +360,36 @@ def check_binary(runtime: Stage | None) -> None:
                 process.wait()
 
 
+def check_open_listener_refused(runtime: Stage | None) -> None:
+    """The image's default command, run bare, refuses to serve all interfaces without app keys."""
+    print("\n# the default command without app keys")
+    if not BINARY.exists():
+        skip("the default command refuses an open listener", f"{BINARY.relative_to(ROOT)} not built")
+        return
+    cmd = exec_form((runtime.all("CMD") or ["[]"])[-1]) if runtime else None
+    if not cmd or "--listen" not in cmd:
+        skip("the default command refuses an open listener", "no usable CMD")
+        return
+    help_text = subprocess.run([str(BINARY), "serve", "--help"], capture_output=True, text=True, check=False, timeout=30).stdout
+    if "--allow-unauthenticated" not in help_text:
+        skip("the default command refuses an open listener", "this keyless has no --allow-unauthenticated yet (issue 12.5)")
+        return
+    # All interfaces, as the image does, but port 0: nothing fixed is taken, and the check
+    # is refused before any socket is bound.
+    args = list(cmd)
+    args[args.index("--listen") + 1] = "0.0.0.0:0"
+    args.append("--simulate")
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
+    try:
+        run = subprocess.run([str(BINARY)] + args, env=env, capture_output=True, text=True, check=False, timeout=20)
+        outcome = (run.returncode, run.stdout + run.stderr)
+    except subprocess.TimeoutExpired as error:
+        outcome = (None, f"still running after 20 s: {error}")
+    code, output = outcome
+    check("the default command exits non-zero on 0.0.0.0 without app keys", code not in (0, None), f"exit code {code}: {output}")
+    check("its message names --allow-unauthenticated", "--allow-unauthenticated" in output, output)
+
+
 def main() -> int:
     runtime = None
     try:
@@ -365,6 +400,10 @@ def main() -> int:
         check_binary(runtime)
     except Exception as error:  # noqa: BLE001
         check("binary checks ran to the end", False, f"{type(error).__name__}: {error}")
+    try:
+        check_open_listener_refused(runtime)
+    except Exception as error:  # noqa: BLE001
+        check("default command checks ran to the end", False, f"{type(error).__name__}: {error}")
     print(f"\n{passed} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0
 

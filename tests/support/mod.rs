@@ -11,6 +11,7 @@
 
 pub mod identity;
 pub mod mock;
+pub mod redis;
 pub mod running;
 pub mod tls;
 

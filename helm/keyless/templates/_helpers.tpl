@@ -88,7 +88,111 @@ was chosen.
 {{- if and .Values.workloadIdentity.enabled (not (hasKey $out "credential")) }}
 {{- $_ := set $out "credential" "workload-identity" }}
 {{- end }}
+{{- /* Shared limits: the URL comes as KEYLESS_REDIS_URL from a Secret, never the file. */}}
+{{- $limits := deepCopy (get $out "limits" | default dict) }}
+{{- if hasKey $limits "redis_url" }}
+{{- fail "config.limits.redis_url would put the Redis URL (and any password in it) in a ConfigMap: set limits.redisUrl or limits.existingSecret instead" }}
+{{- end }}
+{{- if include "keyless.redis.enabled" . }}
+{{- if not (hasKey $limits "backend") }}
+{{- $_ := set $limits "backend" "redis" }}
+{{- end }}
+{{- $_ := set $out "limits" $limits }}
+{{- else if eq (toString (get $limits "backend")) "redis" }}
+{{- fail "config.limits.backend redis needs a Redis: set limits.redisUrl or limits.existingSecret" }}
+{{- end }}
 {{- toYaml $out }}
+{{- end }}
+
+{{/* "true" when shared limits are on: a Redis URL in values or in an existing Secret. */}}
+{{- define "keyless.redis.enabled" -}}
+{{- if and .Values.limits.redisUrl .Values.limits.existingSecret }}
+{{- fail "limits: set redisUrl or existingSecret, not both" }}
+{{- end }}
+{{- if or .Values.limits.redisUrl .Values.limits.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* The Secret the chart renders (the config with app key hashes, the Redis URL). */}}
+{{- define "keyless.secretName" -}}
+{{- include "keyless.fullname" . }}
+{{- end }}
+
+{{/*
+"true" in gateway mode with apps: config.toml then holds the apps' key hashes and lives in
+the chart's Secret instead of the ConfigMap.
+*/}}
+{{- define "keyless.apps.enabled" -}}
+{{- if .Values.appKeys }}
+{{- fail "appKeys was replaced by gateway.apps and gateway.appKeys.existingSecret (see values.yaml)" }}
+{{- end }}
+{{- if .Values.gateway.apps }}
+{{- if ne .Values.mode "gateway" }}
+{{- fail "gateway.apps is for gateway mode: a sidecar listens on loopback and serves only its pod" }}
+{{- end }}
+true
+{{- end }}
+{{- end }}
+
+{{/*
+gateway.appKeys.existingSecret as Helm's lookup returns it, as JSON: {} when Helm cannot
+read it. On one line of its own so that tests/helm/check_chart.py can stand in for the
+cluster.
+*/}}
+{{- define "keyless.appKeys.lookup" -}}
+{{- lookup "v1" "Secret" .Release.Namespace .Values.gateway.appKeys.existingSecret | toJson }}
+{{- end }}
+
+{{/*
+The [[apps]] tables of config.toml. Each app's key hash comes from its keySha256, or from
+gateway.appKeys.existingSecret (read with lookup: at install and upgrade, not in
+`helm template`), never both.
+*/}}
+{{- define "keyless.appsToml" -}}
+{{- $secretName := .Values.gateway.appKeys.existingSecret }}
+{{- $stored := dict }}
+{{- if $secretName }}
+{{- range $i, $app := .Values.gateway.apps }}
+{{- if $app.keySha256 }}
+{{- fail (printf "gateway.apps[%d] (%s): keySha256 and gateway.appKeys.existingSecret both give its key hash: keep one" $i $app.name) }}
+{{- end }}
+{{- end }}
+{{- $found := include "keyless.appKeys.lookup" . | fromJson }}
+{{- if not $found }}
+{{- fail (printf "gateway.appKeys.existingSecret %q: no such Secret in namespace %q, or Helm cannot read it here (helm template and --dry-run=client never can: use --dry-run=server, or the apps' keySha256)" $secretName .Release.Namespace) }}
+{{- end }}
+{{- $stored = $found.data | default dict }}
+{{- end }}
+{{- range $i, $app := .Values.gateway.apps }}
+{{- $at := printf "gateway.apps[%d] (%s)" $i $app.name }}
+{{- $hash := "" }}
+{{- if $app.keySha256 }}
+{{- $hash = $app.keySha256 }}
+{{- else if $secretName }}
+{{- $entry := default $app.name $app.secretKey }}
+{{- if not (hasKey $stored $entry) }}
+{{- fail (printf "%s: Secret %q has no entry %q with its key hash" $at $secretName $entry) }}
+{{- end }}
+{{- $hash = get $stored $entry | b64dec | trim }}
+{{- else }}
+{{- fail (printf "%s: no key hash: set its keySha256 (printf %%s \"$KEY\" | keyless hash-key) or gateway.appKeys.existingSecret" $at) }}
+{{- end }}
+{{- if not (regexMatch "^[0-9a-f]{64}$" $hash) }}
+{{- fail (printf "%s: the key hash must be 64 lowercase hex digits, the output of `keyless hash-key` (not the key itself)" $at) }}
+{{- end }}
+
+[[apps]]
+name = {{ toJson $app.name }}
+key_sha256 = {{ toJson $hash }}
+{{- with $app.models }}
+models = {{ include "keyless.toml.value" . }}
+{{- end }}
+{{- with $app.rpm }}
+rpm = {{ include "keyless.toml.value" . }}
+{{- end }}
+{{- with $app.tpm }}
+tpm = {{ include "keyless.toml.value" . }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -160,6 +264,9 @@ The effective config as keyless's TOML config file.
 {{- define "keyless.configToml" -}}
 # keyless config file, rendered by the keyless Helm chart from .Values.config.
 {{- include "keyless.toml.table" (dict "prefix" "" "table" (include "keyless.effectiveConfig" . | fromYaml)) }}
+{{- if include "keyless.apps.enabled" . }}
+{{- include "keyless.appsToml" . }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -170,10 +277,12 @@ The ConfigMap that holds config.toml, in both modes.
 {{- end }}
 
 {{/*
-A checksum of the config, for a pod annotation that rolls the pods when it changes.
+A checksum of the config (and of which Secret holds the Redis URL), for a pod annotation
+that rolls the pods when it changes. Not of the URL itself: it may hold a password, and a
+hash of it in the pod's metadata could be guessed against.
 */}}
 {{- define "keyless.configChecksum" -}}
-{{- include "keyless.configToml" . | sha256sum }}
+{{- printf "%s\n%s/%s" (include "keyless.configToml" .) .Values.limits.existingSecret .Values.limits.existingSecretKey | sha256sum }}
 {{- end }}
 
 {{/*
@@ -263,12 +372,32 @@ imagePullPolicy: {{ $v.image.pullPolicy }}
 # beside them, and stops it after them.
 restartPolicy: Always
 {{- end }}
+{{- /* keyless refuses a listener that is not loopback without app keys unless told
+that the network is the guard: say so only when the values do. */}}
+{{- $allowUnauthenticated := false }}
+{{- if $sidecar }}
+{{- if not (include "keyless.isLoopback" $v.sidecar.listenAddress) }}
+{{- if not $v.sidecar.allowUnauthenticated }}
+{{- fail (printf "sidecar.listenAddress %s is not loopback: anything that reaches the pod could use its token, and keyless refuses that without app keys. Keep 127.0.0.1 (with admin.enabled for the probes), or set sidecar.allowUnauthenticated=true if a NetworkPolicy keeps everyone else out" $v.sidecar.listenAddress) }}
+{{- end }}
+{{- $allowUnauthenticated = true }}
+{{- end }}
+{{- else if not (include "keyless.apps.enabled" $ctx) }}
+{{- if not $v.gateway.allowUnauthenticated }}
+{{- fail (printf "gateway mode listens on 0.0.0.0:%d for anyone who reaches the Service, and keyless refuses that without app keys: define gateway.apps (see values.yaml and docs/deploy.md), or set gateway.allowUnauthenticated=true if a NetworkPolicy (networkPolicy.enabled) or the network decides who may call it" (int $v.port)) }}
+{{- end }}
+{{- $allowUnauthenticated = true }}
+{{- end }}
 args:
   - serve
   {{- if $sidecar }}
   - {{ printf "--listen=%s:%d" $v.sidecar.listenAddress (int $v.sidecar.port) | quote }}
   {{- else }}
   - {{ printf "--listen=0.0.0.0:%d" (int $v.port) | quote }}
+  {{- end }}
+  {{- if $allowUnauthenticated }}
+  # Chosen in values: the network, not app keys, decides who may call keyless.
+  - --allow-unauthenticated
   {{- end }}
   - --config=/etc/keyless/config.toml
   {{- if $v.admin.enabled }}
@@ -285,10 +414,18 @@ args:
 env:
   - name: KEYLESS_LOG
     value: {{ $v.logLevel | quote }}
-  {{- if and (not $sidecar) $v.appKeys.existingSecret }}
-  # Read by keyless once app keys land (forthcoming).
-  - name: KEYLESS_APP_KEYS_FILE
-    value: {{ printf "/etc/keyless/app-keys/%s" $v.appKeys.key | quote }}
+  {{- if include "keyless.redis.enabled" $ctx }}
+  # Shared limits: from a Secret, since the URL may hold a password.
+  - name: KEYLESS_REDIS_URL
+    valueFrom:
+      secretKeyRef:
+        {{- if $v.limits.existingSecret }}
+        name: {{ $v.limits.existingSecret }}
+        key: {{ $v.limits.existingSecretKey }}
+        {{- else }}
+        name: {{ include "keyless.secretName" $ctx }}
+        key: redis-url
+        {{- end }}
   {{- end }}
   {{- with $v.extraEnv }}
   {{- toYaml . | nindent 2 }}
@@ -338,11 +475,6 @@ volumeMounts:
     mountPath: /etc/keyless/ca
     readOnly: true
   {{- end }}
-  {{- if and (not $sidecar) $v.appKeys.existingSecret }}
-  - name: keyless-app-keys
-    mountPath: /etc/keyless/app-keys
-    readOnly: true
-  {{- end }}
 resources:
   {{- toYaml (ternary $v.sidecar.resources $v.resources $sidecar) | nindent 2 }}
 securityContext:
@@ -358,13 +490,21 @@ securityContext:
 {{- end }}
 
 {{/*
-The pod volumes keyless needs: config.toml (from the release's ConfigMap) and, with
-caBundle, the CA certificates.
+The pod volumes keyless needs: config.toml (from the release's ConfigMap, or its Secret
+when the file holds app key hashes) and, with caBundle, the CA certificates.
 */}}
 {{- define "keyless.configVolume" -}}
 - name: keyless-config
+  {{- if include "keyless.apps.enabled" . }}
+  secret:
+    secretName: {{ include "keyless.secretName" . }}
+    items:
+      - key: config.toml
+        path: config.toml
+  {{- else }}
   configMap:
     name: {{ include "keyless.configMapName" . }}
+  {{- end }}
 {{- if include "keyless.caBundle.enabled" . }}
 - name: keyless-ca
   {{- if .Values.caBundle.configMap }}
