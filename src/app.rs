@@ -25,6 +25,7 @@ use crate::prepare::{self, Prepared, ReplayBudget};
 use crate::retry::{self, Attempts, Health, NoHead, Reply, Step};
 use crate::rewrite;
 use crate::route::{self, Inbound, Op};
+use crate::shared_limit::SharedLimits;
 use crate::telemetry::{BackendLabels, LimitLabels, Record, RetryLabels, Telemetry};
 use crate::upstream::{Client, Lease, SendError};
 use bytes::Bytes;
@@ -61,6 +62,8 @@ pub struct App {
     affinity: Arc<Affinity>,
     /// OpenTelemetry traces, with `--otlp-endpoint`.
     traces: Option<Arc<Traces>>,
+    /// Rate-limit budgets shared with other replicas through Redis.
+    shared: Option<SharedLimits>,
 }
 
 /// Which listener a request came in on.
@@ -110,6 +113,7 @@ impl App {
             apps: Apps::new(&config.apps).map(Arc::new),
             affinity: Affinity::new(),
             traces: None,
+            shared: None,
             config: Arc::new(config),
             router: Arc::new(router),
             client,
@@ -126,6 +130,12 @@ impl App {
             client,
             ..self.clone()
         }
+    }
+
+    /// The same state, with the app and deployment quotas kept in Redis.
+    pub fn with_shared_limits(mut self, shared: Option<SharedLimits>) -> App {
+        self.shared = shared;
+        self
     }
 
     /// The same state, exporting a trace of each request to `traces`.
@@ -396,7 +406,11 @@ impl App {
             // The allowlist first: a refused request spends none of the app's quota.
             app.allows(client_model.as_deref())?;
             if app.has_quotas() {
-                match app.admit(prepared.tokens) {
+                let decided = match &self.shared {
+                    Some(shared) => app.admit_shared(prepared.tokens, shared).await,
+                    None => app.admit(prepared.tokens),
+                };
+                match decided {
                     Ok(standing) => record.standing = Some(standing),
                     Err(refused) => {
                         record.standing = Some(refused.standing);
@@ -705,19 +719,33 @@ impl App {
             return Ok(None);
         };
         let limits = &self.config.limits;
-        limiter
-            .admit(tokens, limits.mode, limits.queue_timeout)
-            .await
-            .inspect_err(|rejected| {
-                tracing::debug!(backend = %backend.name, limit = rejected.limit, "limiter refused");
-                self.telemetry
-                    .rate_limited
-                    .get_or_create(&LimitLabels {
-                        backend: backend.label.clone(),
-                        limit: rejected.limit,
-                    })
-                    .inc();
-            })
+        let admitted = match (&self.shared, &backend.deployment.name) {
+            (Some(shared), Some(name)) => {
+                // One budget per deployment on its resource, whichever replica spends it.
+                let key = format!(
+                    "deployment:{}/{name}",
+                    backend.deployment.upstream.endpoint.host()
+                );
+                limiter
+                    .admit_shared(tokens, limits.mode, limits.queue_timeout, shared, &key)
+                    .await
+            }
+            _ => {
+                limiter
+                    .admit(tokens, limits.mode, limits.queue_timeout)
+                    .await
+            }
+        };
+        admitted.inspect_err(|rejected| {
+            tracing::debug!(backend = %backend.name, limit = rejected.limit, "limiter refused");
+            self.telemetry
+                .rate_limited
+                .get_or_create(&LimitLabels {
+                    backend: backend.label.clone(),
+                    limit: rejected.limit,
+                })
+                .inc();
+        })
     }
 
     /// When no further attempt is possible: Azure's last answer if there is one, else the

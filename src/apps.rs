@@ -12,6 +12,7 @@
 
 use crate::config::AppSpec;
 use crate::error::Error;
+use crate::shared_limit::{Budget as SharedBudget, Decision, Headroom, SharedLimits};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -185,6 +186,71 @@ impl App {
             }
         }
         Ok(standing)
+    }
+}
+
+impl App {
+    /// [`App::admit`] with the quotas kept in Redis, shared by every replica: one
+    /// decision for both, all or nothing. Redis down or slow: this process decides.
+    pub async fn admit_shared(
+        &self,
+        tokens: u32,
+        shared: &SharedLimits,
+    ) -> Result<Standing, Refused> {
+        let (requests_key, tokens_key) = (
+            format!("app:{}:rpm", self.name),
+            format!("app:{}:tpm", self.name),
+        );
+        let mut budgets = Vec::with_capacity(2);
+        let mut kinds = Vec::with_capacity(2);
+        if let Some(b) = &self.requests {
+            budgets.push(SharedBudget {
+                key: &requests_key,
+                per_minute: b.limit,
+                burst: b.limit,
+                cost: 1,
+            });
+            kinds.push(("requests per minute", b.limit.get()));
+        }
+        if let Some(b) = &self.tokens {
+            budgets.push(SharedBudget {
+                key: &tokens_key,
+                per_minute: b.limit,
+                burst: b.limit,
+                // As locally: a request larger than the whole quota counts as all of it.
+                cost: tokens.max(1).min(b.limit.get()),
+            });
+            kinds.push(("tokens per minute", b.limit.get()));
+        }
+        let standing = |rooms: &[Headroom]| {
+            let mut standing = Standing::default();
+            for ((kind, limit), room) in kinds.iter().zip(rooms) {
+                let level = Some(Level {
+                    limit: *limit,
+                    remaining: room.remaining,
+                    reset: room.reset,
+                });
+                if kind.starts_with("requests") {
+                    standing.requests = level;
+                } else {
+                    standing.tokens = level;
+                }
+            }
+            standing
+        };
+        match shared.check_all(&budgets).await {
+            Decision::Admit(rooms) => Ok(standing(&rooms)),
+            Decision::Reject {
+                retry_after,
+                limiting,
+                budgets: rooms,
+            } => Err(refused(
+                kinds.get(limiting).map_or("requests per minute", |k| k.0),
+                retry_after,
+                standing(&rooms),
+            )),
+            Decision::TooLarge { .. } | Decision::Unavailable => self.admit(tokens),
+        }
     }
 }
 

@@ -275,6 +275,8 @@ struct RawLimits {
     deployments: HashMap<String, DeploymentLimits>,
     backend: Option<LimitBackendKind>,
     redis_url: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    redis_timeout: Option<Duration>,
 }
 
 /// `[limits] backend`.
@@ -390,6 +392,8 @@ pub enum LimitBackend {
     Redis {
         /// `redis://` or `rediss://` URL (it may hold a password: never printed).
         url: String,
+        /// The longest a decision may wait for Redis before this process decides alone.
+        timeout: Duration,
     },
 }
 
@@ -397,7 +401,9 @@ impl fmt::Debug for LimitBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LimitBackend::Local => f.write_str("Local"),
-            LimitBackend::Redis { url } => write!(f, "Redis({})", redact_url(url)),
+            LimitBackend::Redis { url, timeout } => {
+                write!(f, "Redis({}, {timeout:?})", redact_url(url))
+            }
         }
     }
 }
@@ -817,7 +823,13 @@ impl Config {
                         redact_url(&url)
                     )),
                 }
-                LimitBackend::Redis { url }
+                let timeout = raw_limits
+                    .redis_timeout
+                    .unwrap_or(crate::shared_limit::DEFAULT_TIMEOUT);
+                if timeout.is_zero() {
+                    problems.push("limits.redis_timeout must be positive".to_owned());
+                }
+                LimitBackend::Redis { url, timeout }
             }
             (LimitBackendKind::Redis, None) => {
                 problems.push(

@@ -33,6 +33,7 @@ use auth::{Acquire, TokenCache};
 use config::{Config, Target};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -161,7 +162,23 @@ pub async fn run_with_identity(
             .into_values()
             .filter(|c| c.scope() != default_tokens.scope()),
     );
-    let telemetry = Arc::new(telemetry::Telemetry::new(tokens.clone()));
+    let mut telemetry = telemetry::Telemetry::new(tokens.clone());
+    // Limits shared with the other replicas: never waited for at start beyond a moment
+    // (requests are decided per process until Redis answers).
+    let shared = match &config.limits.backend {
+        config::LimitBackend::Redis { url, timeout } => {
+            let shared =
+                shared_limit::SharedLimits::connect(url, *timeout, refresher_stop.clone(), &tasks)
+                    .map_err(|e| StartError::Invalid(e.to_string()))?;
+            telemetry.register_limits_backend(shared.up_gauge());
+            if !shared.wait_up(Duration::from_secs(1)).await {
+                tracing::warn!("Redis is not answering yet: limits are per process until it does");
+            }
+            Some(shared)
+        }
+        config::LimitBackend::Local => None,
+    };
+    let telemetry = Arc::new(telemetry);
     let grace = config.shutdown_grace;
     let workers = config.workers;
     let bounds = config.connections;
@@ -172,7 +189,8 @@ pub async fn run_with_identity(
     };
     let app = Arc::new(
         app::App::new(config, router, client, tokens, telemetry, shutdown.clone())
-            .with_traces(traces.clone()),
+            .with_traces(traces.clone())
+            .with_shared_limits(shared),
     );
     let service = |app: Arc<app::App>, role: app::Listener| {
         hyper::service::service_fn(move |req| app.clone().handle(role, req))

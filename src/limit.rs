@@ -7,6 +7,7 @@
 //! minute's quota (a 10 s window) rather than the whole minute at once.
 
 use crate::config::{DeploymentLimits, LimitMode};
+use crate::shared_limit::{Budget, Decision, SharedLimits};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -22,6 +23,9 @@ type Gcra<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Cloc
 pub struct Limiter<C: Clock = DefaultClock> {
     requests: Option<Gcra<C>>,
     tokens: Option<(Gcra<C>, NonZeroU32)>,
+    /// The quotas per minute, for the budgets shared through Redis.
+    rpm: Option<NonZeroU32>,
+    tpm: Option<NonZeroU32>,
     in_flight: Option<(Arc<Semaphore>, u32)>,
     clock: C,
 }
@@ -63,6 +67,8 @@ impl<C: Clock + Clone> Limiter<C> {
             )
         };
         Some(Limiter {
+            rpm: limits.rpm,
+            tpm: limits.tpm,
             requests: limits.rpm.map(gcra),
             tokens: limits.tpm.map(|tpm| (gcra(tpm), ten_second_burst(tpm))),
             in_flight: limits
@@ -110,6 +116,109 @@ impl<C: Clock + Clone> Limiter<C> {
             }
         }
         Ok(())
+    }
+
+    /// [`Limiter::admit`], with the rate quotas kept in Redis (`shared`, under `key`) so
+    /// that every replica spends one budget; the concurrency slot stays this process's.
+    /// Redis down or slow: this process's quotas decide, as without Redis.
+    pub async fn admit_shared(
+        &self,
+        tokens: u32,
+        mode: LimitMode,
+        queue_timeout: Duration,
+        shared: &SharedLimits,
+        key: &str,
+    ) -> Result<Permit, Rejected> {
+        if self.rpm.is_none() && self.tpm.is_none() {
+            return self.admit(tokens, mode, queue_timeout).await;
+        }
+        let deadline = Instant::now() + queue_timeout;
+        let permit = match &self.in_flight {
+            Some((semaphore, _)) if mode == LimitMode::Queue => {
+                match tokio::time::timeout(queue_timeout, semaphore.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => return Err(no_slot()),
+                }
+            }
+            Some((semaphore, _)) => match semaphore.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => return Err(no_slot()),
+            },
+            None => None,
+        };
+        let (rpm_key, tpm_key) = (format!("{key}:rpm"), format!("{key}:tpm"));
+        let mut budgets = Vec::with_capacity(2);
+        let mut names = Vec::with_capacity(2);
+        if let Some(rpm) = self.rpm {
+            budgets.push(Budget {
+                key: &rpm_key,
+                per_minute: rpm,
+                burst: ten_second_burst(rpm),
+                cost: 1,
+            });
+            names.push("requests per minute");
+        }
+        if let Some(tpm) = self.tpm {
+            let burst = ten_second_burst(tpm);
+            budgets.push(Budget {
+                key: &tpm_key,
+                per_minute: tpm,
+                burst,
+                // As locally: a request larger than the burst counts as a whole burst.
+                cost: tokens.max(1).min(burst.get()),
+            });
+            names.push("tokens per minute");
+        }
+        loop {
+            match shared.check_all(&budgets).await {
+                Decision::Admit(_) => return Ok(permit),
+                Decision::Reject {
+                    retry_after,
+                    limiting,
+                    ..
+                } => {
+                    let rejected = Rejected {
+                        limit: names
+                            .get(limiting)
+                            .copied()
+                            .unwrap_or("requests per minute"),
+                        retry_after,
+                    };
+                    if mode == LimitMode::Reject || Instant::now() + retry_after > deadline {
+                        return Err(rejected);
+                    }
+                    tokio::time::sleep(retry_after.max(Duration::from_millis(1))).await;
+                }
+                // Cannot happen (costs are capped at the burst); decided locally if it did.
+                Decision::TooLarge { .. } | Decision::Unavailable => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    return self.quotas_then(permit, tokens, mode, left).await;
+                }
+            }
+        }
+    }
+
+    /// This process's quotas, for a request already holding its slot.
+    async fn quotas_then(
+        &self,
+        permit: Permit,
+        tokens: u32,
+        mode: LimitMode,
+        queue_timeout: Duration,
+    ) -> Result<Permit, Rejected> {
+        let deadline = Instant::now() + queue_timeout;
+        loop {
+            match self.check_quotas(tokens) {
+                Ok(()) => return Ok(permit),
+                Err(rejected) => {
+                    if mode == LimitMode::Reject || Instant::now() + rejected.retry_after > deadline
+                    {
+                        return Err(rejected);
+                    }
+                    tokio::time::sleep(rejected.retry_after.max(Duration::from_millis(1))).await;
+                }
+            }
+        }
     }
 
     /// Admits a request according to `mode`: at once or not at all (`Reject`), or waiting

@@ -348,6 +348,16 @@ impl Telemetry {
         }
     }
 
+    /// Registers `keyless_limits_backend_up` (1 while Redis keeps the limits, 0 while they
+    /// are per process).
+    pub fn register_limits_backend(&mut self, up: Gauge) {
+        self.registry.register(
+            "limits_backend_up",
+            "Whether the shared limits' Redis answers (1) or limits are per process (0)",
+            up,
+        );
+    }
+
     /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);

@@ -468,3 +468,79 @@ fn hash_key_prints_the_sha256_of_stdin() {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n"
     );
 }
+
+/// Two keyless replicas with `[limits] backend = "redis"` and one real `redis-server`:
+/// together they admit one budget (the app's, and a deployment's), decided atomically in
+/// Redis whatever the interleaving; with Redis killed, they serve on with per-process
+/// limits and say so in `keyless_limits_backend_up`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_budget_through_redis_and_serve_on_without_it() {
+    let mut redis = tokio::task::spawn_blocking(support::redis::RedisServer::start)
+        .await
+        .unwrap();
+    let mock = Mock::start(azure).await;
+    let extra = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout = \"2s\"\n\n[limits.deployments.\"gpt-4o\"]\nrpm = 12\n",
+        redis.url()
+    );
+    let toml = apps_toml("rpm = 6", &extra);
+    let one = start(&mock, &toml, &[]).await;
+    let two = start(&mock, &toml, &[]).await;
+    let bases = [one.url(), two.url()];
+
+    // App a: rpm 6, a burst of 6, across both replicas. Twelve requests at once.
+    let sent = (0..12).map(|i| chat_as(&bases[i % 2], bearer(KEY_A), "gpt-4o-mini", ""));
+    let statuses: Vec<u16> = futures_util::future::join_all(sent)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        6,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        6,
+        "{statuses:?}"
+    );
+
+    // The deployment gpt-4o: rpm 12 is a 10-second burst of 2, for app b (no limits).
+    let sent = (0..6).map(|i| chat_as(&bases[i % 2], bearer(KEY_B), "gpt-4o", ""));
+    let statuses: Vec<u16> = futures_util::future::join_all(sent)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+
+    // Redis gone: both replicas serve on, with their own limits.
+    redis.kill();
+    for base in &bases {
+        let answer = chat_as(base, bearer(KEY_B), "gpt-4o-mini", "").await;
+        assert_eq!(answer.status(), 200, "served without Redis");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let metrics = client()
+            .get(format!("{}/metrics", bases[0]))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("keyless_limits_backend_up 0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = one.keyless.output();
+    assert!(!log.contains(KEY_A), "no key in the log");
+}
