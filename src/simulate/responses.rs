@@ -6,9 +6,11 @@
 //! `content_index`), `logprobs` on text events, a strictly increasing `sequence_number`,
 //! and no `[DONE]` at the end.
 
+use super::knobs::split;
+use super::store::StoredResponse;
 use super::{
-    Body, FrameWriter, Knobs, estimate_tokens, invalid_json, invalid_request, json_response,
-    random_id, split_reply, sse_response, unix_now, word_starts,
+    Body, Call, FrameWriter, errors, invalid_json, json_response, random_id, sse_response, tokens,
+    unix_now,
 };
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -16,28 +18,102 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+/// How long a background response takes when `x-sim-complete-after-ms` does not say.
+const DEFAULT_BACKGROUND: Duration = Duration::from_millis(300);
 
 #[derive(Deserialize)]
 struct ResponsesRequest<'a> {
     #[serde(borrow, default)]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
+    input: Option<Value>,
+    #[serde(default)]
+    instructions: Option<String>,
+    #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    background: Option<bool>,
+    #[serde(default)]
+    store: Option<bool>,
+    #[serde(default)]
+    previous_response_id: Option<String>,
+    #[serde(default)]
+    text: Option<Value>,
+    #[serde(default)]
+    metadata: Option<Value>,
 }
 
-/// `POST .../responses`: a completed `response` object, or its event stream.
-pub(super) async fn create(body: &[u8], knobs: &Knobs) -> Response<Body> {
-    let request: ResponsesRequest<'_> = match serde_json::from_slice(body) {
+/// `POST .../responses`: a completed `response` object, or its event stream; with
+/// `background: true`, a queued one to poll. Stored unless `store: false`.
+pub(super) async fn create(call: &Call<'_>) -> Response<Body> {
+    let knobs = call.knobs;
+    let request: ResponsesRequest<'_> = match serde_json::from_slice(&call.body) {
         Ok(request) => request,
         Err(error) => return invalid_json(&error),
     };
     let Some(model) = request.model.as_deref().filter(|model| !model.is_empty()) else {
-        return invalid_request("Missing required parameter: 'model'.");
+        return errors::missing("model");
     };
-    let (text, pieces) = split_reply(knobs.reply(), knobs.chunks);
-    let content = if pieces.is_empty() { "" } else { text.as_str() };
-    let input_tokens = estimate_tokens(body.len());
-    let output_tokens = word_starts(content).count() as u64;
+    if let Some(missing) = call.missing_deployment(model) {
+        return missing;
+    }
+    let Some(input) = request.input.as_ref() else {
+        return errors::missing("input");
+    };
+    let background = request.background.unwrap_or(false);
+    let store = request.store.unwrap_or(true);
+    if background && !store {
+        return errors::openai_error(
+            StatusCode::BAD_REQUEST,
+            "Background responses must be stored: 'store' cannot be false with 'background'.",
+            Some("store"),
+            None,
+        );
+    }
+    // A continued conversation counts the earlier turns' tokens again, as Azure does.
+    let mut earlier_tokens = 0;
+    if let Some(previous) = &request.previous_response_id {
+        match call.state.store.lock().responses.get(previous) {
+            Some(stored) => earlier_tokens = stored.context_tokens,
+            None => {
+                return errors::openai_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Previous response with id '{previous}' not found."),
+                    Some("previous_response_id"),
+                    Some("previous_response_not_found"),
+                );
+            }
+        }
+    }
+    let input_items = input_items(input);
+    let input_tokens = earlier_tokens
+        + request.instructions.as_deref().map_or(0, tokens::count)
+        + input_items
+            .iter()
+            .map(|item| tokens::count(&item_text(item)))
+            .sum::<u64>()
+        + 3 * input_items.len() as u64;
+
+    let format = request.text.as_ref().and_then(|t| t.get("format"));
+    let content = match (
+        &knobs.reply,
+        format.and_then(|f| f.get("type")).and_then(Value::as_str),
+    ) {
+        (Some(reply), _) => reply.clone(),
+        (None, Some("json_schema")) => {
+            let schema = format
+                .and_then(|f| f.get("schema"))
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            super::schema::generate(&schema).to_string()
+        }
+        (None, Some("json_object")) => json!({"reply": knobs.reply()}).to_string(),
+        (None, _) => knobs.reply().to_owned(),
+    };
+    let pieces = split(&content, knobs.chunks);
+    let output_tokens = tokens::count(&content);
     let usage = json!({
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": 0},
@@ -58,14 +134,40 @@ pub(super) async fn create(body: &[u8], knobs: &Knobs) -> Response<Body> {
         id: random_id("resp_", 48),
         created_at: unix_now(),
         model,
+        background,
+        store,
+        previous_response_id: request.previous_response_id.as_deref(),
+        instructions: request.instructions.as_deref(),
+        text: request
+            .text
+            .clone()
+            .unwrap_or_else(|| json!({"format": {"type": "text"}})),
+        metadata: request.metadata.clone().unwrap_or_else(|| json!({})),
     };
-
-    if !request.stream.unwrap_or(false) {
-        knobs.pause().await;
-        let response = shell.build("completed", json!([item]), usage);
-        return json_response(StatusCode::OK, Bytes::from(response.to_string()));
+    let completed = shell.build("completed", json!([item]), usage);
+    if store {
+        let now = Instant::now();
+        call.state.store.lock().responses.insert(
+            shell.id.clone(),
+            StoredResponse {
+                completed: completed.clone(),
+                input_items,
+                ready_at: background
+                    .then(|| now + knobs.complete_after.unwrap_or(DEFAULT_BACKGROUND)),
+                cancelled: false,
+                context_tokens: input_tokens + output_tokens,
+            },
+        );
     }
 
+    if background && !request.stream.unwrap_or(false) {
+        let queued = shell.build("queued", json!([]), Value::Null);
+        return json_response(StatusCode::OK, Bytes::from(queued.to_string()));
+    }
+    if !request.stream.unwrap_or(false) {
+        knobs.pause().await;
+        return json_response(StatusCode::OK, Bytes::from(completed.to_string()));
+    }
     let in_progress = shell.build("in_progress", json!([]), Value::Null);
     let mut events = Events::new(pieces.len() + 8);
     events.push("response.created", json!({"response": in_progress}));
@@ -92,7 +194,7 @@ pub(super) async fn create(body: &[u8], knobs: &Knobs) -> Response<Body> {
             "response.output_text.delta",
             json!({
                 "item_id": item_id, "output_index": 0, "content_index": 0,
-                "delta": &text[piece], "logprobs": [],
+                "delta": &content[piece], "logprobs": [],
             }),
         );
     }
@@ -111,7 +213,6 @@ pub(super) async fn create(body: &[u8], knobs: &Knobs) -> Response<Body> {
         "response.output_item.done",
         json!({"output_index": 0, "item": item}),
     );
-    let completed = shell.build("completed", json!([item]), usage);
     events.push("response.completed", json!({"response": completed}));
     sse_response(events.frames.finish(), knobs.delay)
 }
@@ -121,6 +222,12 @@ struct ResponseShell<'a> {
     id: String,
     created_at: u64,
     model: &'a str,
+    background: bool,
+    store: bool,
+    previous_response_id: Option<&'a str>,
+    instructions: Option<&'a str>,
+    text: Value,
+    metadata: Value,
 }
 
 impl ResponseShell<'_> {
@@ -130,20 +237,20 @@ impl ResponseShell<'_> {
             "object": "response",
             "created_at": self.created_at,
             "status": status,
-            "background": false,
+            "background": self.background,
             "error": null,
             "incomplete_details": null,
-            "instructions": null,
+            "instructions": self.instructions,
             "max_output_tokens": null,
-            "metadata": {},
+            "metadata": self.metadata,
             "model": self.model,
             "output": output,
             "parallel_tool_calls": true,
-            "previous_response_id": null,
+            "previous_response_id": self.previous_response_id,
             "reasoning": {"effort": null, "summary": null},
-            "store": true,
+            "store": self.store,
             "temperature": 1.0,
-            "text": {"format": {"type": "text"}},
+            "text": self.text,
             "tool_choice": "auto",
             "tools": [],
             "top_p": 1.0,
@@ -151,6 +258,55 @@ impl ResponseShell<'_> {
             "usage": usage,
             "user": null,
         })
+    }
+}
+
+/// The request's `input` as items with ids: a string is one user message.
+fn input_items(input: &Value) -> Vec<Value> {
+    let items = match input {
+        Value::String(text) => vec![json!({
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        })],
+        Value::Array(items) => items.clone(),
+        other => vec![other.clone()],
+    };
+    items
+        .into_iter()
+        .map(|mut item| {
+            if let Some(fields) = item.as_object_mut() {
+                // A message given as `{"role","content":"text"}` is stored in its full form.
+                if let Some(Value::String(text)) = fields.get("content").cloned() {
+                    fields.insert(
+                        "content".into(),
+                        json!([{"type": "input_text", "text": text}]),
+                    );
+                }
+                fields.entry("type").or_insert_with(|| json!("message"));
+                fields.entry("status").or_insert_with(|| json!("completed"));
+                fields
+                    .entry("id")
+                    .or_insert_with(|| json!(random_id("msg_", 48)));
+            }
+            item
+        })
+        .collect()
+}
+
+/// The text of an input item, for its token count.
+fn item_text(item: &Value) -> String {
+    match item.get("content") {
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Some(Value::String(text)) => text.clone(),
+        _ => item
+            .get("output")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
     }
 }
 
