@@ -120,6 +120,10 @@ impl HttpBody for SseBody {
 struct DropAfter {
     inner: Body,
     left: usize,
+    /// Whether the body said "not yet" once before the cut: hyper writes out what it has
+    /// (the head, the frames so far) when a body is pending, but drops its unsent buffer
+    /// when the body fails, so without this pause the client would see no head at all.
+    paused: bool,
 }
 
 impl HttpBody for DropAfter {
@@ -131,6 +135,11 @@ impl HttpBody for DropAfter {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.left == 0 {
+            if !self.paused {
+                self.paused = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             return Poll::Ready(Some(Err(Box::new(Dropped))));
         }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
@@ -157,6 +166,7 @@ pub(super) fn drop_after(body: Body, frames: usize) -> Body {
     DropAfter {
         inner: body,
         left: frames,
+        paused: false,
     }
     .boxed_unsync()
 }
