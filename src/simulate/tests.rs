@@ -10,6 +10,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+/// The features of issue 14 and the Responses lifecycle, over the same harness.
+mod features;
+
 const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
 
 struct Harness {
@@ -26,8 +29,14 @@ impl Drop for Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(Options::default()).await
+}
+
+async fn harness_with(options: Options) -> Harness {
     let shutdown = CancellationToken::new();
-    let simulator = Simulator::start(shutdown.clone()).await.unwrap();
+    let simulator = Simulator::start_with(options, shutdown.clone())
+        .await
+        .unwrap();
     let token = simulator.identity().acquire(SCOPE).await.unwrap();
     Harness {
         token: token.secret.expose().to_owned(),
@@ -48,6 +57,16 @@ impl Harness {
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    }
+
+    /// A bodiless request with this harness's bearer token.
+    fn bare(&self, method: Method, path: &str) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri(self.url(path).as_str())
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .body(Full::default())
             .unwrap()
     }
 
