@@ -545,6 +545,8 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_MS_REGION: HeaderName = HeaderName::from_static("x-ms-region");
 const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
 const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
 
 /// The headers Azure puts on every answer, errors included.
 fn azure_headers(headers: &mut HeaderMap) {
@@ -553,6 +555,8 @@ fn azure_headers(headers: &mut HeaderMap) {
     headers.insert(X_REQUEST_ID, id);
     headers.insert(REMAINING_REQUESTS, HeaderValue::from_static("999"));
     headers.insert(REMAINING_TOKENS, HeaderValue::from_static("999000"));
+    headers.insert(LIMIT_REQUESTS, HeaderValue::from_static("1000"));
+    headers.insert(LIMIT_TOKENS, HeaderValue::from_static("1000000"));
     headers.insert(X_MS_REGION, HeaderValue::from_static("Simulated"));
 }
 
