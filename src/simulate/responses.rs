@@ -43,20 +43,24 @@ struct ResponsesRequest<'a> {
     text: Option<Value>,
     #[serde(default)]
     metadata: Option<Value>,
+    #[serde(default)]
+    tools: Option<Vec<Value>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
 }
 
 /// `POST .../responses`: a completed `response` object, or its event stream; with
 /// `background: true`, a queued one to poll. Stored unless `store: false`.
-pub(super) async fn create(call: &Call<'_>) -> Response<Body> {
-    let knobs = call.knobs;
-    let request: ResponsesRequest<'_> = match serde_json::from_slice(&call.body) {
+pub(super) async fn create(req: &Call<'_>) -> Response<Body> {
+    let knobs = req.knobs;
+    let request: ResponsesRequest<'_> = match serde_json::from_slice(&req.body) {
         Ok(request) => request,
         Err(error) => return invalid_json(&error),
     };
     let Some(model) = request.model.as_deref().filter(|model| !model.is_empty()) else {
         return errors::missing("model");
     };
-    if let Some(missing) = call.missing_deployment(model) {
+    if let Some(missing) = req.missing_deployment(model) {
         return missing;
     }
     let Some(input) = request.input.as_ref() else {
@@ -75,7 +79,7 @@ pub(super) async fn create(call: &Call<'_>) -> Response<Body> {
     // A continued conversation counts the earlier turns' tokens again, as Azure does.
     let mut earlier_tokens = 0;
     if let Some(previous) = &request.previous_response_id {
-        match call.state.store.lock().responses.get(previous) {
+        match req.state.store.lock().responses.get(previous) {
             Some(stored) => earlier_tokens = stored.context_tokens,
             None => {
                 return errors::openai_error(
@@ -96,6 +100,17 @@ pub(super) async fn create(call: &Call<'_>) -> Response<Body> {
             .sum::<u64>()
         + 3 * input_items.len() as u64;
 
+    // A function call when the request has function tools and the user spoke last; text
+    // quoting the output when the last item is a function's output (the tool loop's end).
+    let last = input_items.last();
+    let last_type = last.and_then(|i| i.get("type")).and_then(Value::as_str);
+    let user_last = last_type == Some("message")
+        && last.and_then(|i| i.get("role")).and_then(Value::as_str) == Some("user");
+    let call = chosen_function(
+        request.tools.as_deref().unwrap_or(&[]),
+        request.tool_choice.as_ref(),
+    )
+    .filter(|_| user_last);
     let format = request.text.as_ref().and_then(|t| t.get("format"));
     let content = match (
         &knobs.reply,
@@ -109,11 +124,31 @@ pub(super) async fn create(call: &Call<'_>) -> Response<Body> {
                 .unwrap_or_else(|| json!({"type": "object"}));
             super::schema::generate(&schema).to_string()
         }
+        (None, _) if last_type == Some("function_call_output") => format!(
+            "The tool returned: {}",
+            last.and_then(|i| i.get("output"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        ),
         (None, Some("json_object")) => json!({"reply": knobs.reply()}).to_string(),
         (None, _) => knobs.reply().to_owned(),
     };
-    let pieces = split(&content, knobs.chunks);
-    let output_tokens = tokens::count(&content);
+    let call = call.map(|(name, parameters)| FunctionCall {
+        id: random_id("fc_", 48),
+        call_id: random_id("call_", 24),
+        name: name.to_owned(),
+        arguments: parameters
+            .map_or_else(|| json!({}), super::schema::generate)
+            .to_string(),
+    });
+
+    let (pieces, output_tokens) = match &call {
+        Some(call) => (
+            split(&call.arguments, knobs.chunks),
+            tokens::count(&call.name) + tokens::count(&call.arguments) + 3,
+        ),
+        None => (split(&content, knobs.chunks), tokens::count(&content)),
+    };
     let usage = json!({
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": 0},
@@ -121,15 +156,27 @@ pub(super) async fn create(call: &Call<'_>) -> Response<Body> {
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input_tokens + output_tokens,
     });
-    let item_id = random_id("msg_", 48);
+    let item_id = call
+        .as_ref()
+        .map_or_else(|| random_id("msg_", 48), |call| call.id.clone());
     let part = json!({"type": "output_text", "text": content, "annotations": [], "logprobs": []});
-    let item = json!({
-        "id": item_id,
-        "type": "message",
-        "status": "completed",
-        "role": "assistant",
-        "content": [part],
-    });
+    let item = match &call {
+        Some(call) => json!({
+            "id": call.id,
+            "type": "function_call",
+            "status": "completed",
+            "arguments": call.arguments,
+            "call_id": call.call_id,
+            "name": call.name,
+        }),
+        None => json!({
+            "id": item_id,
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [part],
+        }),
+    };
     let shell = ResponseShell {
         id: random_id("resp_", 48),
         created_at: unix_now(),
@@ -143,11 +190,15 @@ pub(super) async fn create(call: &Call<'_>) -> Response<Body> {
             .clone()
             .unwrap_or_else(|| json!({"format": {"type": "text"}})),
         metadata: request.metadata.clone().unwrap_or_else(|| json!({})),
+        tools: request
+            .tools
+            .clone()
+            .map_or_else(|| json!([]), Value::Array),
     };
     let completed = shell.build("completed", json!([item]), usage);
     if store {
         let now = Instant::now();
-        call.state.store.lock().responses.insert(
+        req.state.store.lock().responses.insert(
             shell.id.clone(),
             StoredResponse {
                 completed: completed.clone(),
@@ -172,49 +223,101 @@ pub(super) async fn create(call: &Call<'_>) -> Response<Body> {
     let mut events = Events::new(pieces.len() + 8);
     events.push("response.created", json!({"response": in_progress}));
     events.push("response.in_progress", json!({"response": in_progress}));
-    events.push(
-        "response.output_item.added",
-        json!({
-            "output_index": 0,
-            "item": {
-                "id": item_id, "type": "message", "status": "in_progress",
-                "role": "assistant", "content": [],
-            },
-        }),
-    );
-    events.push(
-        "response.content_part.added",
-        json!({
-            "item_id": item_id, "output_index": 0, "content_index": 0,
-            "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
-        }),
-    );
-    for piece in pieces {
+    if let Some(call) = &call {
         events.push(
-            "response.output_text.delta",
+            "response.output_item.added",
             json!({
-                "item_id": item_id, "output_index": 0, "content_index": 0,
-                "delta": &content[piece], "logprobs": [],
+                "output_index": 0,
+                "item": {
+                    "id": call.id, "type": "function_call", "status": "in_progress",
+                    "arguments": "", "call_id": call.call_id, "name": call.name,
+                },
             }),
         );
+        for piece in pieces {
+            events.push(
+                "response.function_call_arguments.delta",
+                json!({"item_id": call.id, "output_index": 0, "delta": &call.arguments[piece]}),
+            );
+        }
+        events.push(
+            "response.function_call_arguments.done",
+            json!({"item_id": call.id, "output_index": 0, "arguments": call.arguments}),
+        );
+    } else {
+        events.push(
+            "response.output_item.added",
+            json!({
+                "output_index": 0,
+                "item": {
+                    "id": item_id, "type": "message", "status": "in_progress",
+                    "role": "assistant", "content": [],
+                },
+            }),
+        );
+        events.push(
+            "response.content_part.added",
+            json!({
+                "item_id": item_id, "output_index": 0, "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+            }),
+        );
+        for piece in pieces {
+            events.push(
+                "response.output_text.delta",
+                json!({
+                    "item_id": item_id, "output_index": 0, "content_index": 0,
+                    "delta": &content[piece], "logprobs": [],
+                }),
+            );
+        }
+        events.push(
+            "response.output_text.done",
+            json!({
+                "item_id": item_id, "output_index": 0, "content_index": 0,
+                "text": content, "logprobs": [],
+            }),
+        );
+        events.push(
+            "response.content_part.done",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part}),
+        );
     }
-    events.push(
-        "response.output_text.done",
-        json!({
-            "item_id": item_id, "output_index": 0, "content_index": 0,
-            "text": content, "logprobs": [],
-        }),
-    );
-    events.push(
-        "response.content_part.done",
-        json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part}),
-    );
     events.push(
         "response.output_item.done",
         json!({"output_index": 0, "item": item}),
     );
     events.push("response.completed", json!({"response": completed}));
     sse_response(events.frames.finish(), knobs.delay)
+}
+
+/// A function call the answer makes.
+struct FunctionCall {
+    id: String,
+    call_id: String,
+    name: String,
+    arguments: String,
+}
+
+/// The function tool to call (`tool_choice` names it, else the first), with its
+/// parameters schema; `None` when there is none or `tool_choice` is `"none"`.
+fn chosen_function<'t>(
+    tools: &'t [Value],
+    choice: Option<&Value>,
+) -> Option<(&'t str, Option<&'t Value>)> {
+    let functions = tools
+        .iter()
+        .filter(|tool| tool.get("type").and_then(Value::as_str) == Some("function"))
+        .filter_map(|tool| Some((tool.get("name")?.as_str()?, tool.get("parameters"))));
+    let mut functions = functions.peekable();
+    match choice {
+        Some(Value::String(choice)) if choice == "none" => None,
+        Some(Value::Object(choice)) => {
+            let name = choice.get("name").and_then(Value::as_str)?;
+            functions.find(|(n, _)| *n == name)
+        }
+        _ => functions.next(),
+    }
 }
 
 /// What the `response` object repeats in each state.
@@ -228,6 +331,7 @@ struct ResponseShell<'a> {
     instructions: Option<&'a str>,
     text: Value,
     metadata: Value,
+    tools: Value,
 }
 
 impl ResponseShell<'_> {
@@ -252,7 +356,7 @@ impl ResponseShell<'_> {
             "temperature": 1.0,
             "text": self.text,
             "tool_choice": "auto",
-            "tools": [],
+            "tools": self.tools,
             "top_p": 1.0,
             "truncation": "disabled",
             "usage": usage,

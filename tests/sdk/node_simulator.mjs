@@ -268,6 +268,20 @@ const checks = {
     await expectError(client.responses.retrieve(first.id), NotFoundError, 'deleted response');
   },
 
+  async responses_tool_loop() {
+    const tool = { type: 'function', name: 'get_weather', parameters: WEATHER_PARAMETERS, strict: true };
+    const first = await client.responses.create({ model: 'gpt-4o', input: 'Weather in Rome?', tools: [tool] });
+    const call = first.output.find((item) => item.type === 'function_call');
+    expectEq(call?.name, 'get_weather', 'function call');
+    const second = await client.responses.create({
+      model: 'gpt-4o',
+      tools: [tool],
+      previous_response_id: first.id,
+      input: [{ type: 'function_call_output', call_id: call.call_id, output: 'hot' }],
+    });
+    expectEq(second.output_text, 'The tool returned: hot', 'final text');
+  },
+
   // ---- Azure's errors and the fault-injection headers ---------------------------------
   async azure_errors() {
     const old = new AzureOpenAI({ endpoint: base, apiVersion: '2024-10-21', apiKey: 'unused', timeout: TIMEOUT_MS });

@@ -317,6 +317,23 @@ class Checks:
         except BadRequestError as e:
             expect_eq(e.code, "previous_response_not_found", "error code")
 
+    def responses_tool_loop(self) -> None:
+        tool = {"type": "function", "name": "get_weather", "parameters": WEATHER_TOOL["function"]["parameters"], "strict": True}
+        first = self.client.responses.create(model="gpt-4o", input="Weather in Rome?", tools=[tool])
+        calls = [item for item in first.output if item.type == "function_call"]
+        expect_eq([c.name for c in calls], ["get_weather"], "function calls")
+        arguments = json.loads(calls[0].arguments)
+        expect(arguments["unit"] in ("celsius", "fahrenheit"), f"arguments {arguments!r}")
+        second = self.client.responses.create(
+            model="gpt-4o", tools=[tool], previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "hot"}],
+        )
+        expect_eq(second.output_text, "The tool returned: hot", "final text")
+        with self.client.responses.stream(model="gpt-4o", input="Weather in Rome?", tools=[tool]) as stream:
+            final = stream.get_final_response()
+        expect_eq([item.type for item in final.output], ["function_call"], "streamed output")
+        expect_eq(json.loads(final.output[0].arguments), arguments, "the same arguments, streamed")
+
     def responses_background_and_retrieve(self) -> None:
         queued = self.client.responses.create(
             model="gpt-4o", input="Hi", background=True,
@@ -425,7 +442,7 @@ def main() -> int:
         "tool_calling_loop", "tool_choice_named_and_streamed", "parse_with_pydantic", "json_object", "n_choices",
         "max_tokens_logprobs_and_usage", "legacy_completions", "models_list_and_retrieve", "images_generate",
         "files_lifecycle", "batches_lifecycle", "audio_translation_and_speech",
-        "responses_previous_response_id", "responses_background_and_retrieve", "responses_cancel",
+        "responses_previous_response_id", "responses_tool_loop", "responses_background_and_retrieve", "responses_cancel",
         "responses_input_items_and_delete", "azure_errors", "fault_injection",
     ]
     failed = []

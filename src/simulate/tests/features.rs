@@ -728,3 +728,69 @@ async fn responses_structured_output_follows_the_text_format() {
     assert_valid(&schema, &serde_json::from_str(text).unwrap());
     assert_eq!(json["text"]["format"]["type"], "json_schema");
 }
+
+#[tokio::test]
+async fn responses_call_a_function_then_answer_its_output() {
+    let h = harness().await;
+    let parameters = weather_tool()["function"]["parameters"].clone();
+    let tools = json!([{"type": "function", "name": "get_weather", "parameters": parameters, "strict": true}]);
+    let (_, first) = h
+        .send_json(h.post(
+            "/openai/v1/responses",
+            &json!({"model": "gpt-4o", "input": "weather?", "tools": tools}),
+        ))
+        .await;
+    let call = &first["output"][0];
+    assert_eq!(call["type"], "function_call");
+    assert_eq!(call["name"], "get_weather");
+    assert!(call["call_id"].as_str().unwrap().starts_with("call_"));
+    assert_valid(
+        &parameters,
+        &serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap(),
+    );
+    assert_eq!(first["tools"][0]["name"], "get_weather");
+
+    let output =
+        json!([{"type": "function_call_output", "call_id": call["call_id"], "output": "rain"}]);
+    let (_, second) = h
+        .send_json(h.post(
+            "/openai/v1/responses",
+            &json!({"model": "gpt-4o", "input": output, "tools": tools, "previous_response_id": first["id"]}),
+        ))
+        .await;
+    assert_eq!(second["output"][0]["type"], "message");
+    assert_eq!(
+        second["output"][0]["content"][0]["text"],
+        "The tool returned: rain"
+    );
+
+    // Streamed: the item, then the arguments in pieces, then done.
+    let request = with(
+        h.post(
+            "/openai/v1/responses",
+            &json!({"model": "gpt-4o", "input": "weather?", "tools": tools, "stream": true}),
+        ),
+        "x-sim-chunks",
+        "3",
+    );
+    let (_, body) = h.send(request).await;
+    let text = std::str::from_utf8(&body).unwrap();
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+}
