@@ -369,28 +369,30 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
     );
     frames.buf.push_str(FIRST_FRAME);
     frames.end();
-    let frame =
-        |buf: &mut FrameWriter, index: usize, delta: &str, finish: Option<&str>, lp: &str| {
-            buf.buf
-                .push_str(r#"data: {"choices":[{"content_filter_results":"#);
-            buf.buf
-                .push_str(if delta == "{}" || delta.contains("\"role\"") {
-                    "{}"
-                } else {
-                    filter_safe!()
-                });
-            let _ = write!(buf.buf, r#","delta":{delta},"finish_reason":"#);
-            match finish {
-                Some(finish) => {
-                    let _ = write!(buf.buf, r#""{finish}""#);
-                }
-                None => buf.buf.push_str("null"),
+    // Azure annotates the frames that carry generated text with the filter's verdict; the
+    // role and finish frames get an empty one.
+    let frame = |buf: &mut FrameWriter,
+                 index: usize,
+                 delta: &str,
+                 finish: Option<&str>,
+                 lp: &str,
+                 annotated: bool| {
+        buf.buf
+            .push_str(r#"data: {"choices":[{"content_filter_results":"#);
+        buf.buf
+            .push_str(if annotated { filter_safe!() } else { "{}" });
+        let _ = write!(buf.buf, r#","delta":{delta},"finish_reason":"#);
+        match finish {
+            Some(finish) => {
+                let _ = write!(buf.buf, r#""{finish}""#);
             }
-            let _ = write!(buf.buf, r#","index":{index},"logprobs":{lp}}}]"#);
-            buf.buf.push_str(&common);
-            buf.buf.push_str(close);
-            buf.end();
-        };
+            None => buf.buf.push_str("null"),
+        }
+        let _ = write!(buf.buf, r#","index":{index},"logprobs":{lp}}}]"#);
+        buf.buf.push_str(&common);
+        buf.buf.push_str(close);
+        buf.end();
+    };
     for index in 0..n {
         match &answer {
             Answer::Text(text) => {
@@ -400,6 +402,7 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
                     r#"{"content":"","refusal":null,"role":"assistant"}"#,
                     None,
                     "null",
+                    false,
                 );
                 let token_offsets = logprobs.map(|top| (top, token_logprobs(text, top)));
                 let mut next_token = 0;
@@ -422,7 +425,7 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
                         }
                         None => "null".to_owned(),
                     };
-                    frame(&mut frames, index, &delta, None, &lp);
+                    frame(&mut frames, index, &delta, None, &lp, true);
                 }
             }
             Answer::ToolCall {
@@ -434,14 +437,14 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
                     "content": null, "refusal": null, "role": "assistant",
                     "tool_calls": [{"function": {"arguments": "", "name": name}, "id": id, "index": 0, "type": "function"}],
                 });
-                frame(&mut frames, index, &head.to_string(), None, "null");
+                frame(&mut frames, index, &head.to_string(), None, "null", false);
                 for piece in &pieces {
                     let delta = json!({"tool_calls": [{"function": {"arguments": &arguments[piece.clone()]}, "index": 0}]});
-                    frame(&mut frames, index, &delta.to_string(), None, "null");
+                    frame(&mut frames, index, &delta.to_string(), None, "null", true);
                 }
             }
         }
-        frame(&mut frames, index, "{}", Some(finish), "null");
+        frame(&mut frames, index, "{}", Some(finish), "null", false);
     }
     if include_usage {
         frames.buf.push_str(USAGE_FRAME);

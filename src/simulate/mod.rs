@@ -218,6 +218,8 @@ async fn run(listener: TcpListener, state: Arc<State>, shutdown: CancellationTok
 
 /// One request: route, authenticate, apply the knobs, answer.
 async fn handle(state: &State, req: http::Request<Incoming>) -> Response<Body> {
+    // The realtime WebSocket endpoint goes here, with the whole request (an upgrade needs
+    // it): one `if` that hands `req` to a `realtime` module, before the HTTP routes.
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     if path == "/msi/token" {
@@ -227,7 +229,6 @@ async fn handle(state: &State, req: http::Request<Incoming>) -> Response<Body> {
     if let Some(name) = path.strip_prefix(images::URL_PREFIX) {
         return images::serve(state, &parts.method, name);
     }
-    // The realtime WebSocket upgrade is dispatched here, before the HTTP routes.
     let knobs = Knobs::read(&parts.headers);
     if !knobs.head_delay.is_zero() {
         tokio::time::sleep(knobs.head_delay).await;

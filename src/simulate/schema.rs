@@ -20,19 +20,37 @@ use serde_json::{Map, Value, json};
 /// such as a tree of nodes would otherwise never end).
 const MAX_DEPTH: usize = 12;
 
+/// Values generated (objects, arrays and scalars alike) before the generator treats every
+/// level as past [`MAX_DEPTH`]: nested arrays with large `minItems` would otherwise grow
+/// exponentially from a small schema. Such a schema gets arrays shorter than it asks (an
+/// invalid value, but a small one); no schema an app sends for a tool comes near this.
+const MAX_VALUES: usize = 10_000;
+
 /// A value valid against `schema`; `$ref`s resolve against `schema` itself.
 pub(super) fn generate(schema: &Value) -> Value {
-    Generator { root: schema }.value(schema, "value", 0)
+    Generator {
+        root: schema,
+        made: std::cell::Cell::new(0),
+    }
+    .value(schema, "value", 0)
 }
 
 struct Generator<'a> {
     root: &'a Value,
+    /// Values made so far, against [`MAX_VALUES`].
+    made: std::cell::Cell<usize>,
 }
 
 impl<'a> Generator<'a> {
     /// `name` is the property (or tool argument) being filled: strings are made from it,
     /// so `{"city": ...}` reads `"example city"`.
     fn value(&self, schema: &'a Value, name: &str, depth: usize) -> Value {
+        self.made.set(self.made.get() + 1);
+        let depth = if self.made.get() > MAX_VALUES {
+            depth.max(MAX_DEPTH)
+        } else {
+            depth
+        };
         let Some(fields) = schema.as_object() else {
             // `true` (anything goes), `false` (nothing does) or garbage: null is as good
             // as anything, and nothing satisfies `false`.
@@ -539,6 +557,22 @@ mod tests {
         );
         valid(json!({"type": "object", "properties": {}, "additionalProperties": false}));
         valid(json!({"properties": {"implied": {"type": "object"}}, "required": ["implied"]}));
+    }
+
+    #[test]
+    fn a_schema_asking_for_an_exponential_value_gets_a_bounded_one() {
+        // 64^6 leaves if every level were filled.
+        let mut schema = json!({"type": "string"});
+        for _ in 0..6 {
+            schema = json!({"type": "array", "items": schema, "minItems": 0, "maxItems": 64});
+        }
+        valid(schema.clone());
+        let mut wide = json!({"type": "integer"});
+        for _ in 0..6 {
+            wide = json!({"type": "array", "items": wide, "minItems": 64});
+        }
+        let value = generate(&wide);
+        assert!(value.to_string().len() < 1_000_000, "bounded");
     }
 
     #[test]
