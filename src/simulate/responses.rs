@@ -47,6 +47,8 @@ struct ResponsesRequest<'a> {
     tools: Option<Vec<Value>>,
     #[serde(default)]
     tool_choice: Option<Value>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
 }
 
 /// `POST .../responses`: a completed `response` object, or its event stream; with
@@ -133,6 +135,15 @@ pub(super) async fn create(req: &Call<'_>) -> Response<Body> {
         (None, Some("json_object")) => json!({"reply": knobs.reply()}).to_string(),
         (None, _) => knobs.reply().to_owned(),
     };
+    // `max_output_tokens` cuts the text; the response is then `incomplete`, as Azure's is.
+    let (content, status) = match request
+        .max_output_tokens
+        .filter(|_| call.is_none())
+        .and_then(|max| tokens::truncate(&content, max))
+    {
+        Some(cut) => (cut, "incomplete"),
+        None => (content, "completed"),
+    };
     let call = call.map(|(name, parameters)| FunctionCall {
         id: random_id("fc_", 48),
         call_id: random_id("call_", 24),
@@ -195,7 +206,11 @@ pub(super) async fn create(req: &Call<'_>) -> Response<Body> {
             .clone()
             .map_or_else(|| json!([]), Value::Array),
     };
-    let completed = shell.build("completed", json!([item]), usage);
+    let mut completed = shell.build(status, json!([item]), usage);
+    if status == "incomplete" {
+        completed["incomplete_details"] = json!({"reason": "max_output_tokens"});
+        completed["max_output_tokens"] = json!(request.max_output_tokens);
+    }
     if store {
         let now = Instant::now();
         req.state.store.lock().responses.insert(
@@ -287,7 +302,13 @@ pub(super) async fn create(req: &Call<'_>) -> Response<Body> {
         "response.output_item.done",
         json!({"output_index": 0, "item": item}),
     );
-    events.push("response.completed", json!({"response": completed}));
+    // A cut response ends with `response.incomplete`, as OpenAI's stream does.
+    let last_event = if status == "incomplete" {
+        "response.incomplete"
+    } else {
+        "response.completed"
+    };
+    events.push(last_event, json!({"response": completed}));
     sse_response(events.frames.finish(), knobs.delay)
 }
 

@@ -794,3 +794,21 @@ async fn responses_call_a_function_then_answer_its_output() {
         ]
     );
 }
+
+#[tokio::test]
+async fn responses_max_output_tokens_make_an_incomplete_response() {
+    let h = harness().await;
+    let request = with(
+        h.post(
+            "/openai/v1/responses",
+            &json!({"model": "gpt-4o", "input": "hi", "max_output_tokens": 2}),
+        ),
+        "x-sim-reply",
+        "the quick brown fox",
+    );
+    let (_, json) = h.send_json(request).await;
+    assert_eq!(json["status"], "incomplete");
+    assert_eq!(json["incomplete_details"]["reason"], "max_output_tokens");
+    assert_eq!(json["output"][0]["content"][0]["text"], "the quick");
+    assert_eq!(json["usage"]["output_tokens"], 2);
+}
