@@ -213,8 +213,10 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
     }
     let max_tokens = request.max_completion_tokens.or(request.max_tokens);
     let window = context_window(model);
-    if prompt_tokens + max_tokens.unwrap_or(0) > window {
-        return errors::context_length_exceeded(window, prompt_tokens + max_tokens.unwrap_or(0));
+    // Saturating: `max_tokens` is the client's number, up to u64::MAX.
+    let needed = prompt_tokens.saturating_add(max_tokens.unwrap_or(0));
+    if needed > window {
+        return errors::context_length_exceeded(window, needed);
     }
 
     let last = messages.last();

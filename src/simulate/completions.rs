@@ -63,8 +63,10 @@ pub(super) async fn create(deployment: Option<&str>, call: &Call<'_>) -> Respons
     };
     let max_tokens = request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     let window = context_window(model);
-    if prompt_tokens + max_tokens > window {
-        return errors::context_length_exceeded(window, prompt_tokens + max_tokens);
+    // Saturating: `max_tokens` is the client's number, up to u64::MAX.
+    let needed = prompt_tokens.saturating_add(max_tokens);
+    if needed > window {
+        return errors::context_length_exceeded(window, needed);
     }
     let n = request.n.unwrap_or(1).clamp(1, 128);
 

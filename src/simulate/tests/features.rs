@@ -330,6 +330,18 @@ async fn azure_refuses_what_azure_refuses() {
     assert_eq!(parts.status, StatusCode::BAD_REQUEST);
     assert_eq!(json["error"]["code"], "context_length_exceeded");
 
+    // The client's max_tokens counts, however large.
+    let (parts, json) = h
+        .send_json(h.post(
+            "/openai/v1/chat/completions",
+            &json!({"model": "gpt-4o", "messages": [], "max_tokens": u64::MAX}),
+        ))
+        .await;
+    assert_eq!(
+        (parts.status, &json["error"]["code"]),
+        (StatusCode::BAD_REQUEST, &json!("context_length_exceeded"))
+    );
+
     // x-sim-status: 404 names the deployment's absence where the request names one.
     let (parts, json) = h
         .send_json(with(
