@@ -475,6 +475,16 @@ async fn dispatch(
     if let Some(missing) = route.deployment().and_then(|d| state.missing_deployment(d)) {
         return missing;
     }
+    if matches!(
+        route,
+        Route::Chat(_)
+            | Route::Completions(_)
+            | Route::Embeddings(_)
+            | Route::Responses
+            | Route::CreateBatch
+    ) {
+        tokens::load().await;
+    }
     let call = Call {
         state,
         parts,
