@@ -175,6 +175,26 @@ class Checks:
         expect(len(parsed.steps) >= 1 and isinstance(parsed.steps[0], Step), f"steps: {parsed.steps!r}")
         expect(parsed.color in (Color.RED, Color.GREEN), f"color: {parsed.color!r}")
 
+    def stream_helper_with_a_pydantic_tool_and_format(self) -> None:
+        class GetWeather(BaseModel):
+            city: str
+            unit: Color
+            days: Optional[int]
+
+        with self.client.chat.completions.stream(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "weather?"}],
+            tools=[openai.pydantic_function_tool(GetWeather)],
+        ) as stream:
+            final = stream.get_final_completion()
+        call = final.choices[0].message.tool_calls[0]
+        expect(isinstance(call.function.parsed_arguments, GetWeather), f"parsed arguments: {call.function.parsed_arguments!r}")
+        with self.client.chat.completions.stream(
+            model="gpt-4o", messages=[{"role": "user", "content": "solve"}], response_format=MathReasoning
+        ) as stream:
+            final = stream.get_final_completion()
+        expect(isinstance(final.choices[0].message.parsed, MathReasoning), "parsed structured output, streamed")
+
     def json_object(self) -> None:
         completion = self.client.chat.completions.create(
             model="gpt-4o",
@@ -439,7 +459,8 @@ def main() -> int:
     print(f"openai-python {openai.__version__} against {args.base_url}")
     checks = Checks(args.base_url)
     names = [
-        "tool_calling_loop", "tool_choice_named_and_streamed", "parse_with_pydantic", "json_object", "n_choices",
+        "tool_calling_loop", "tool_choice_named_and_streamed", "parse_with_pydantic",
+        "stream_helper_with_a_pydantic_tool_and_format", "json_object", "n_choices",
         "max_tokens_logprobs_and_usage", "legacy_completions", "models_list_and_retrieve", "images_generate",
         "files_lifecycle", "batches_lifecycle", "audio_translation_and_speech",
         "responses_previous_response_id", "responses_tool_loop", "responses_background_and_retrieve", "responses_cancel",
