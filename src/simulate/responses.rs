@@ -222,6 +222,7 @@ pub(super) async fn create(req: &Call<'_>) -> Response<Body> {
                     .then(|| now + knobs.complete_after.unwrap_or(DEFAULT_BACKGROUND)),
                 cancelled: false,
                 context_tokens: input_tokens + output_tokens,
+                events: None,
             },
         );
     }
@@ -309,7 +310,15 @@ pub(super) async fn create(req: &Call<'_>) -> Response<Body> {
         "response.completed"
     };
     events.push(last_event, json!({"response": completed}));
-    sse_response(events.frames.finish(), knobs.delay)
+    let frames = events.frames.finish();
+    // A streamed background response can be streamed again from any event
+    // (`GET responses/{id}?stream=true&starting_after=N`): keep its frames.
+    if background && store {
+        if let Some(stored) = req.state.store.lock().responses.get_mut(&shell.id) {
+            stored.events = Some(frames.clone());
+        }
+    }
+    sse_response(frames, knobs.delay)
 }
 
 /// A function call the answer makes.

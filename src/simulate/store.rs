@@ -133,6 +133,9 @@ pub(super) struct StoredResponse {
     pub(super) cancelled: bool,
     /// Input and output tokens, which a response that continues this one counts again.
     pub(super) context_tokens: u64,
+    /// The SSE frames of a background response created with `stream: true`, frame `i`
+    /// being event `sequence_number: i`, for a client that resumes the stream.
+    pub(super) events: Option<Vec<Bytes>>,
 }
 
 impl StoredResponse {

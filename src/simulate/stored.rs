@@ -1,5 +1,6 @@
 //! The Responses lifecycle on stored responses: `GET responses/{id}` (a background one is
-//! `in_progress` until due, then `completed`), `POST responses/{id}/cancel` (background
+//! `in_progress` until due, then `completed`; with `?stream=true&starting_after=N`, a
+//! streamed background response's events after `N` again), `POST responses/{id}/cancel` (background
 //! responses only, until they finish), `DELETE responses/{id}`, and
 //! `GET responses/{id}/input_items`.
 
@@ -24,7 +25,22 @@ pub(super) fn handle(op: Op, id: &str, call: &Call<'_>) -> Response<Body> {
     let responses = &mut store.responses;
     match op {
         Op::Retrieve => match responses.get(id) {
-            Some(stored) => json_ok(&stored.current(now)),
+            Some(stored) => match resume_from(call.parts.uri.query()) {
+                Some(after) => match &stored.events {
+                    Some(events) => {
+                        let start = after.map_or(0, |n| n.saturating_add(1));
+                        let rest = events.get(start..).unwrap_or_default().to_vec();
+                        super::sse_response(rest, call.knobs.delay)
+                    }
+                    None => errors::openai_error(
+                        StatusCode::BAD_REQUEST,
+                        "Only background responses created with stream=true can be streamed again.",
+                        Some("stream"),
+                        None,
+                    ),
+                },
+                None => json_ok(&stored.current(now)),
+            },
             None => errors::no_such("Response", id),
         },
         Op::Delete => match responses.remove(id) {
@@ -61,4 +77,18 @@ pub(super) fn handle(op: Op, id: &str, call: &Call<'_>) -> Response<Body> {
             }
         },
     }
+}
+
+/// `Some(starting_after)` when the query asks for the stream (`stream=true`), else `None`.
+fn resume_from(query: Option<&str>) -> Option<Option<usize>> {
+    let mut stream = false;
+    let mut after = None;
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*key {
+            "stream" => stream = value == "true",
+            "starting_after" => after = value.parse().ok(),
+            _ => {}
+        }
+    }
+    stream.then_some(after)
 }

@@ -364,6 +364,15 @@ class Checks:
         done = wait_for(lambda: self.client.responses.retrieve(queued.id), lambda r: r.status == "completed", "the response")
         expect_eq(done.output_text, REPLY, "output_text")
 
+    def responses_background_stream_resumed(self) -> None:
+        events = list(self.client.responses.create(model="gpt-4o", input="Hi", background=True, stream=True,
+                                                   extra_headers={"x-sim-reply": REPLY}))
+        response_id = events[0].response.id
+        resumed = list(self.client.responses.retrieve(response_id, stream=True, starting_after=2))
+        expect_eq([e.sequence_number for e in resumed], [e.sequence_number for e in events[3:]], "events after 2")
+        expect_eq(resumed[-1].type, "response.completed", "the last event")
+        expect_eq(resumed[-1].response.output_text, REPLY, "the text")
+
     def responses_cancel(self) -> None:
         queued = self.client.responses.create(
             model="gpt-4o", input="Hi", background=True, extra_headers={"x-sim-complete-after-ms": "60000"}
@@ -463,7 +472,8 @@ def main() -> int:
         "stream_helper_with_a_pydantic_tool_and_format", "json_object", "n_choices",
         "max_tokens_logprobs_and_usage", "legacy_completions", "models_list_and_retrieve", "images_generate",
         "files_lifecycle", "batches_lifecycle", "audio_translation_and_speech",
-        "responses_previous_response_id", "responses_tool_loop", "responses_background_and_retrieve", "responses_cancel",
+        "responses_previous_response_id", "responses_tool_loop", "responses_background_and_retrieve",
+        "responses_background_stream_resumed", "responses_cancel",
         "responses_input_items_and_delete", "azure_errors", "fault_injection",
     ]
     failed = []

@@ -824,3 +824,48 @@ async fn responses_max_output_tokens_make_an_incomplete_response() {
     assert_eq!(json["output"][0]["content"][0]["text"], "the quick");
     assert_eq!(json["usage"]["output_tokens"], 2);
 }
+
+#[tokio::test]
+async fn a_streamed_background_response_can_be_streamed_again_from_an_event() {
+    let h = harness().await;
+    let (_, body) = h
+        .send(h.post(
+            "/openai/v1/responses",
+            &json!({"model": "gpt-4o", "input": "hi", "background": true, "stream": true}),
+        ))
+        .await;
+    let first: Vec<Value> = sse_data(&body)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let id = first[0]["response"]["id"].as_str().unwrap();
+    let (parts, again) = h
+        .send(h.bare(
+            Method::GET,
+            &format!("/openai/v1/responses/{id}?stream=true&starting_after=3"),
+        ))
+        .await;
+    assert_eq!(parts.status, StatusCode::OK);
+    let resumed: Vec<Value> = sse_data(&again)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(resumed, first[4..]);
+    assert_eq!(resumed[0]["sequence_number"], 4);
+
+    // A response made without stream cannot be streamed again.
+    let (_, plain) = h
+        .send_json(h.post(
+            "/openai/v1/responses",
+            &json!({"model": "gpt-4o", "input": "hi", "background": true}),
+        ))
+        .await;
+    let plain_id = plain["id"].as_str().unwrap();
+    let (parts, _) = h
+        .send(h.bare(
+            Method::GET,
+            &format!("/openai/v1/responses/{plain_id}?stream=true"),
+        ))
+        .await;
+    assert_eq!(parts.status, StatusCode::BAD_REQUEST);
+}
