@@ -15,7 +15,7 @@
 //! many tokens with `finish_reason: "length"`; `n` repeats the choice; `logprobs` gives
 //! each token a plausible log probability (and `top_logprobs` alternatives).
 
-use super::knobs::split;
+use super::knobs::{split, split_at};
 use super::tokens::{self, MessageText};
 use super::{
     Body, Call, FrameWriter, errors, invalid_json, json_response, push_json_str, random_id,
@@ -360,9 +360,22 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
     } else {
         "}\n\n"
     };
-    let pieces = match &answer {
-        Answer::Text(text) => split(text, knobs.chunks),
-        Answer::ToolCall { arguments, .. } => split(arguments, knobs.chunks),
+    let pieces = match (&answer, logprobs) {
+        // With logprobs, frames break between tokens, so each frame's logprobs spell its text.
+        (Answer::Text(text), Some(_)) => {
+            // A token that ends inside a character is no place to break.
+            let mut starts = vec![0];
+            let mut offset = 0;
+            for piece in tokens::pieces(text) {
+                offset += piece.len();
+                if offset < text.len() && text.is_char_boundary(offset) {
+                    starts.push(offset);
+                }
+            }
+            split_at(text, &starts, knobs.chunks)
+        }
+        (Answer::Text(text), None) => split(text, knobs.chunks),
+        (Answer::ToolCall { arguments, .. }, _) => split(arguments, knobs.chunks),
     };
     let n = n as usize;
     let mut frames = FrameWriter::new(

@@ -98,8 +98,8 @@ pub(super) const DEFAULT_REPLY: &str = "Hello from the keyless simulator! This a
 
 /// `text` split into at most `chunks` contiguous pieces that concatenate back to it.
 ///
-/// Pieces break at word starts (each piece keeps its leading space) when the text has at
-/// least `chunks` words, else at characters; a text of fewer characters than `chunks` gives
+/// Pieces break where words start (so a piece ends with the spaces before the next word)
+/// when the text has at least `chunks` words, else at characters; a text of fewer characters than `chunks` gives
 /// one piece a character. The text is said once: it never repeats to fill the chunks.
 /// An empty text gives no piece; `chunks: 0` gives none either.
 pub(super) fn split(text: &str, chunks: usize) -> Vec<Range<usize>> {
@@ -113,6 +113,15 @@ pub(super) fn split(text: &str, chunks: usize) -> Vec<Range<usize>> {
     }
     if starts.len() < chunks {
         starts = text.char_indices().map(|(i, _)| i).collect();
+    }
+    split_at(text, &starts, chunks)
+}
+
+/// `text` split into at most `chunks` pieces that break only at `starts` (ascending byte
+/// offsets of char boundaries, the first 0), spread evenly over them.
+pub(super) fn split_at(text: &str, starts: &[usize], chunks: usize) -> Vec<Range<usize>> {
+    if chunks == 0 || text.is_empty() || starts.is_empty() {
+        return Vec::new();
     }
     let total = starts.len();
     let pieces = chunks.min(total);

@@ -869,3 +869,39 @@ async fn a_streamed_background_response_can_be_streamed_again_from_an_event() {
         .await;
     assert_eq!(parts.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn streamed_logprobs_belong_to_the_frame_whose_text_they_spell() {
+    let h = harness().await;
+    let request = with(
+        with(
+            h.post(
+                "/openai/v1/chat/completions",
+                &json!({"model": "gpt-4o", "stream": true, "logprobs": true, "top_logprobs": 1,
+                        "messages": [{"role": "user", "content": "hi"}]}),
+            ),
+            "x-sim-reply",
+            "the quick brown fox jumps",
+        ),
+        "x-sim-chunks",
+        "2",
+    );
+    let (_, body) = h.send(request).await;
+    let chunks = chunks(&body);
+    let content_frames = &chunks[2..chunks.len() - 1];
+    assert_eq!(content_frames.len(), 2);
+    let mut all = String::new();
+    for frame in content_frames {
+        let choice = &frame["choices"][0];
+        let text = choice["delta"]["content"].as_str().unwrap();
+        let spelled: String = choice["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["token"].as_str().unwrap())
+            .collect();
+        assert_eq!(spelled, text);
+        all.push_str(text);
+    }
+    assert_eq!(all, "the quick brown fox jumps");
+}
