@@ -905,3 +905,25 @@ async fn streamed_logprobs_belong_to_the_frame_whose_text_they_spell() {
     }
     assert_eq!(all, "the quick brown fox jumps");
 }
+
+#[tokio::test]
+async fn head_delay_holds_even_an_error_back() {
+    let h = harness().await;
+    let request = with(
+        with(
+            h.post(
+                "/openai/v1/chat/completions",
+                &json!({"model": "gpt-4o", "messages": []}),
+            ),
+            "x-sim-head-delay-ms",
+            "150",
+        ),
+        "x-sim-status",
+        "429",
+    );
+    let started = std::time::Instant::now();
+    let (parts, _) = h.send(request).await;
+    // A lower bound only: a busy machine makes it later, never sooner.
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(parts.status, StatusCode::TOO_MANY_REQUESTS);
+}
