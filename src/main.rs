@@ -76,6 +76,10 @@ enum Command {
             hide_env_values = true
         )]
         identity_header: Option<String>,
+        /// A deployment the simulated resource has (repeatable). With none, every name is a
+        /// deployment; with some, any other is Azure's 404 `DeploymentNotFound`.
+        #[arg(long = "deployment", value_name = "NAME")]
+        deployments: Vec<String>,
     },
 }
 
@@ -108,7 +112,8 @@ fn main() -> ExitCode {
             Command::Simulator {
                 listen,
                 identity_header,
-            } => simulator(listen, identity_header).await,
+                deployments,
+            } => simulator(listen, identity_header, deployments).await,
         }
     })
 }
@@ -182,7 +187,11 @@ async fn serve(flags: Flags) -> ExitCode {
     }
 }
 
-async fn simulator(listen: SocketAddr, identity_header: Option<String>) -> ExitCode {
+async fn simulator(
+    listen: SocketAddr,
+    identity_header: Option<String>,
+    deployments: Vec<String>,
+) -> ExitCode {
     init_tracing(LogFormat::Text);
     prepare_descriptors();
     let listener = match bind(listen) {
@@ -197,7 +206,10 @@ async fn simulator(listen: SocketAddr, identity_header: Option<String>) -> ExitC
     let _ = std::io::stdout().flush();
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
-    match keyless::simulate::serve(listener, identity_header, shutdown).await {
+    let options = keyless::simulate::Options {
+        deployments: (!deployments.is_empty()).then(|| deployments.into_iter().collect()),
+    };
+    match keyless::simulate::serve_with(listener, identity_header, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keyless: simulator failed: {e}");

@@ -190,6 +190,81 @@ fn node_sdk_through_managed_identity_v1_api() {
     run_client(Sdk::Node, &keyless, Some(&simulator));
 }
 
+// ---------------------------------------------------------------------------------------
+// An app built against `--simulate` (issue 14): tests/sdk/python_simulator.py and
+// tests/sdk/node_simulator.mjs drive tools, structured output, n, legacy completions,
+// models, images, files, batches, audio, the Responses lifecycle and the fault-injection
+// headers through `keyless serve --simulate`, in both upstream path styles.
+
+/// Runs one of the simulator scripts against `keyless` and fails the test, with the
+/// script's output and keyless's log, unless it exits 0.
+#[track_caller]
+fn run_simulator_script(sdk: Sdk, keyless: &KeylessProcess) {
+    sdks_installed();
+    let dir = sdk_dir();
+    let mut command = match sdk {
+        Sdk::Python => {
+            let mut c = Command::new(dir.join(".venv").join("bin").join("python"));
+            c.arg(dir.join("python_simulator.py"));
+            c
+        }
+        Sdk::Node => {
+            let mut c = Command::new("node");
+            c.arg(dir.join("node_simulator.mjs"));
+            c
+        }
+    };
+    command.arg(keyless.url());
+    // Loopback only, and nothing from the developer's shell changes what the SDKs send.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let lower = name.to_ascii_lowercase();
+        if name.starts_with("OPENAI_") || name.starts_with("AZURE_") || lower.ends_with("_proxy") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(&dir);
+    let finished = support::run_with_timeout(command, SCRIPT_TIMEOUT);
+    if !finished.success() {
+        panic!(
+            "the {sdk:?} simulator script failed against {}: {}\n{}",
+            keyless.url(),
+            finished.report(),
+            keyless.report(),
+        );
+    }
+}
+
+/// `keyless serve --simulate --api API`, no model mappings (the scripts name deployments).
+fn simulated_with_api(api: &str) -> KeylessProcess {
+    spawn_keyless(
+        &["--simulate", "--listen", "127.0.0.1:0", "--api", api],
+        &[],
+    )
+}
+
+#[test]
+fn python_app_against_simulate_v1() {
+    run_simulator_script(Sdk::Python, &simulated_with_api("v1"));
+}
+
+#[test]
+fn node_app_against_simulate_v1() {
+    run_simulator_script(Sdk::Node, &simulated_with_api("v1"));
+}
+
+#[test]
+fn python_app_against_simulate_deployments() {
+    run_simulator_script(Sdk::Python, &simulated_with_api("deployments"));
+}
+
+#[test]
+fn node_app_against_simulate_deployments() {
+    run_simulator_script(Sdk::Node, &simulated_with_api("deployments"));
+}
+
 /// App keys for a shared gateway (issue 12): `a` may use gpt-4o-mini only, 3 a minute;
 /// `b` anything.
 const APP_KEY_A: &str = "sk-sdk-app-a-5f1d";

@@ -1,7 +1,7 @@
 //! `embeddings`: deterministic unit vectors (the same text always gets the same vector),
 //! as floats or, as openai-python asks by default, base64 of little-endian `f32`s.
 
-use super::{Body, Knobs, error_response, invalid_json, invalid_request, json_response};
+use super::{Body, Call, error_response, errors, invalid_json, invalid_request, json_response};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -55,8 +55,9 @@ struct EmbeddingUsage {
 
 /// `POST .../embeddings`: one embedding per input (a string, a token array, or an array of
 /// either).
-pub(super) async fn create(deployment: Option<&str>, body: &[u8], knobs: &Knobs) -> Response<Body> {
-    let request: EmbeddingsRequest = match serde_json::from_slice(body) {
+pub(super) async fn create(deployment: Option<&str>, call: &Call<'_>) -> Response<Body> {
+    let knobs = call.knobs;
+    let request: EmbeddingsRequest = match serde_json::from_slice(&call.body) {
         Ok(request) => request,
         Err(error) => return invalid_json(&error),
     };
@@ -64,8 +65,13 @@ pub(super) async fn create(deployment: Option<&str>, body: &[u8], knobs: &Knobs)
         .or(request.model.as_deref())
         .filter(|model| !model.is_empty())
     else {
-        return invalid_request("you must provide a model parameter");
+        return errors::missing("model");
     };
+    if deployment.is_none()
+        && let Some(missing) = call.missing_deployment(model)
+    {
+        return missing;
+    }
     let Some(inputs) = request.input.as_ref().and_then(inputs) else {
         return invalid_request(
             "'input' must be a string, an array of strings, or an array of token arrays.",
@@ -138,7 +144,7 @@ fn one(input: &Value) -> Option<Input> {
     let tokens = match input {
         Value::String(text) => {
             text.hash(&mut hasher);
-            text.split_whitespace().count().max(1) as u64
+            super::tokens::count(text).max(1)
         }
         Value::Array(tokens) if tokens.iter().all(Value::is_number) => {
             for token in tokens {

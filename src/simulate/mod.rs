@@ -1,57 +1,84 @@
 //! An embedded Azure OpenAI simulator: a fake upstream that speaks Azure's wire format.
 //!
 //! Two uses: `keyless serve --simulate` proxies to it through the production code path, so
-//! keyless can be tried without an Azure account; tests and the load benchmark use it as a
-//! fast, controllable upstream (`keyless simulator --listen ADDR` runs it alone).
+//! keyless can be tried, and apps built and tested, without an Azure account; tests and the
+//! load benchmark use it as a fast, controllable upstream (`keyless simulator --listen ADDR`
+//! runs it alone).
 //!
 //! It serves both Azure URL styles (`/openai/v1/...` and the dated
 //! `/openai/deployments/{d}/...?api-version=V`), accepts only Entra-style bearer tokens it
 //! minted itself (the `identity` submodule), and answers with Azure's shapes: the content-filter
-//! annotations, the first streamed chat frame with `"choices": []`, the `apim-request-id`
-//! and rate-limit headers.
+//! annotations, the first streamed chat frame with `"choices": []`, `usage` with details, the
+//! `apim-request-id`, `x-ms-region` and rate-limit headers, and Azure's errors. Answers are
+//! deterministic: the same request gives the same content (ids and timestamps differ, as
+//! they do on Azure).
+//!
+//! What it covers, by module: `chat` (text, tools, structured output through `schema`, `n`,
+//! `logprobs`, `max_tokens`, `stop`), `completions` (legacy), `responses` and `stored`
+//! (the Responses API and its lifecycle), `embeddings`, `models`, `images`, `files` and
+//! `batches` (kept in memory by `store`), `audio` (transcriptions, translations, speech).
+//! Usage is counted with o200k_base (`tokens`).
 //!
 //! Request headers tune each answer (keyless forwards unknown headers):
 //!
-//! | header                    | effect                                                     |
-//! |---------------------------|------------------------------------------------------------|
-//! | `x-sim-chunks: N`         | content frames (text deltas) in a stream; default 8        |
-//! | `x-sim-delay-ms: N`       | pause between streamed frames, or once before a non-streamed answer; default 0 |
-//! | `x-sim-status: NNN`       | answer this 4xx/5xx with Azure's error body for it          |
-//! | `x-sim-retry-after-ms: N` | `retry-after-ms` of a simulated 429 (and `retry-after` in seconds); default 1000 |
-//! | `x-sim-reply: text`       | the generated text (repeated if shorter than the chunks)   |
+//! | header                       | effect                                                     |
+//! |------------------------------|------------------------------------------------------------|
+//! | `x-sim-reply: text`          | the generated text (said once; `x-sim-chunks` splits it)   |
+//! | `x-sim-chunks: N`            | content frames of a stream, at most one a character; default 8 |
+//! | `x-sim-delay-ms: N`          | pause between streamed frames, or once before a non-streamed answer; default 0 |
+//! | `x-sim-head-delay-ms: N`     | pause before the response head of any answer, errors included |
+//! | `x-sim-status: NNN`          | answer this 4xx/5xx with Azure's error body for it          |
+//! | `x-sim-retry-after-ms: N`    | `retry-after-ms` of a simulated 429 (and `retry-after` in seconds); default 1000 |
+//! | `x-sim-drop-after: N`        | cut the connection after N body frames (SSE events; a JSON answer is one frame) |
+//! | `x-sim-complete-after-ms: N` | when a background response or a batch finishes; default 300 and 1000 |
 //!
 //! Speed matters (it is the upstream of a benchmark): static bodies are pre-serialized, the
 //! hot chat path writes JSON by hand, and nothing is logged per request.
 
 mod audio;
+mod batches;
 mod chat;
+mod completions;
 mod embeddings;
+mod errors;
+mod files;
 mod identity;
+mod images;
+mod knobs;
+mod models;
 mod responses;
+mod schema;
+mod sse;
+mod store;
+mod stored;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
-use http_body::{Body as HttpBody, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
+use errors::{error_response, invalid_json, invalid_request, not_found};
 use identity::Minter;
+use knobs::Knobs;
+use sse::{FrameWriter, SseBody};
+
+/// The error a simulator body can end with: only [`sse::Dropped`], on request.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The simulator's response body: a pre-built buffer or a paced stream of SSE frames.
-type Body = UnsyncBoxBody<Bytes, Infallible>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// How long shutdown waits for in-flight answers (a slow `x-sim-delay-ms` stream) before
 /// cutting the remaining connections.
@@ -59,6 +86,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The largest request body read: Azure's audio limit is 25 MB, plus multipart overhead.
 const MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// What the simulated resource has.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The deployments it has: `None` (the default) is every name, so any model name an
+    /// app uses works; `Some(names)` answers any other deployment with Azure's 404
+    /// `DeploymentNotFound`.
+    pub deployments: Option<HashSet<String>>,
+}
 
 /// A running simulator on a loopback port, with an in-process identity it trusts.
 pub struct Simulator {
@@ -69,10 +105,17 @@ pub struct Simulator {
 impl Simulator {
     /// Binds 127.0.0.1:0, spawns the server task (stopped by `shutdown`), returns at once.
     pub async fn start(shutdown: CancellationToken) -> std::io::Result<Simulator> {
+        Self::start_with(Options::default(), shutdown).await
+    }
+
+    /// [`Simulator::start`] for a resource with these `options`.
+    pub async fn start_with(
+        options: Options,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Simulator> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        let endpoint = url::Url::parse(&format!("http://{addr}")).map_err(std::io::Error::other)?;
-        let state = Arc::new(State::new(None));
+        let endpoint = endpoint_of(&listener)?;
+        let state = Arc::new(State::new(None, options, endpoint.clone()));
         tokio::spawn(run(listener, Arc::clone(&state), shutdown));
         Ok(Simulator { endpoint, state })
     }
@@ -96,6 +139,11 @@ impl std::fmt::Debug for Simulator {
     }
 }
 
+fn endpoint_of(listener: &TcpListener) -> std::io::Result<url::Url> {
+    let addr = listener.local_addr()?;
+    url::Url::parse(&format!("http://{addr}")).map_err(std::io::Error::other)
+}
+
 /// Serves the simulator on `listener` until `shutdown` fires (graceful: in-flight streams end).
 ///
 /// `identity_header`: when `Some(secret)`, also serve an App Service-style managed identity
@@ -110,22 +158,50 @@ pub async fn serve(
     identity_header: Option<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    run(listener, Arc::new(State::new(identity_header)), shutdown).await;
+    serve_with(listener, identity_header, Options::default(), shutdown).await
+}
+
+/// [`serve`] for a resource with these `options`.
+pub async fn serve_with(
+    listener: TcpListener,
+    identity_header: Option<String>,
+    options: Options,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let endpoint = endpoint_of(&listener)?;
+    let state = Arc::new(State::new(identity_header, options, endpoint));
+    run(listener, state, shutdown).await;
     Ok(())
 }
 
-/// What every connection shares: the token minter and the managed identity secret.
+/// What every connection shares: the token minter, the managed identity secret, the
+/// resource's deployments and what it stores (files, batches, responses, images).
 struct State {
     minter: Minter,
     /// The `x-identity-header` secret of `/msi/token`; `None` disables the endpoint.
     identity_header: Option<String>,
+    options: Options,
+    /// This simulator's own address, for the image URLs it hands out.
+    endpoint: url::Url,
+    store: store::Store,
 }
 
 impl State {
-    fn new(identity_header: Option<String>) -> Self {
+    fn new(identity_header: Option<String>, options: Options, endpoint: url::Url) -> Self {
         Self {
             minter: Minter::new(),
             identity_header,
+            options,
+            endpoint,
+            store: store::Store::default(),
+        }
+    }
+
+    /// Azure's 404 for a deployment this resource does not have, if it does not.
+    fn missing_deployment(&self, name: &str) -> Option<Response<Body>> {
+        match &self.options.deployments {
+            Some(known) if !known.contains(name) => Some(errors::deployment_not_found()),
+            _ => None,
         }
     }
 }
@@ -142,17 +218,38 @@ async fn run(listener: TcpListener, state: Arc<State>, shutdown: CancellationTok
 
 /// One request: route, authenticate, apply the knobs, answer.
 async fn handle(state: &State, req: http::Request<Incoming>) -> Response<Body> {
+    // The realtime WebSocket endpoint goes here, with the whole request (an upgrade needs
+    // it): one `if` that hands `req` to a `realtime` module, before the HTTP routes.
     let (parts, body) = req.into_parts();
-    if parts.uri.path() == "/msi/token" {
+    let path = parts.uri.path();
+    if path == "/msi/token" {
         return identity::msi_token(state, &parts);
     }
-    let mut response = match route(&parts.method, parts.uri.path(), parts.uri.query()) {
-        None => not_found(),
-        Some(route) => match identity::refusal(&state.minter, &parts.headers) {
+    // Generated images are fetched like Azure's blob URLs: the URL is the credential.
+    if let Some(name) = path.strip_prefix(images::URL_PREFIX) {
+        return images::serve(state, &parts.method, name);
+    }
+    let knobs = Knobs::read(&parts.headers);
+    if !knobs.head_delay.is_zero() {
+        tokio::time::sleep(knobs.head_delay).await;
+    }
+    let mut response = match route(&parts.method, path, parts.uri.query()) {
+        Routed::NotFound => not_found(),
+        Routed::BadApiVersion => errors::unsupported_api_version(),
+        Routed::ResponsesNeedNewerApiVersion => error_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Azure OpenAI Responses API is enabled only for api-version 2025-03-01-preview and later",
+        ),
+        Routed::Op(route) => match identity::refusal(&state.minter, &parts.headers) {
             Some(refused) => refused,
-            None => dispatch(route, &parts, body).await,
+            None => dispatch(state, route, &parts, body, &knobs).await,
         },
     };
+    if let Some(frames) = knobs.drop_after {
+        let (head, body) = response.into_parts();
+        response = Response::from_parts(head, sse::drop_after(body, frames));
+    }
     azure_headers(response.headers_mut());
     response
 }
@@ -161,61 +258,200 @@ async fn handle(state: &State, req: http::Request<Incoming>) -> Response<Body> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route<'a> {
     Chat(Option<&'a str>),
-    Responses,
+    Completions(Option<&'a str>),
     Embeddings(Option<&'a str>),
-    Models,
     Transcriptions(Option<&'a str>),
+    Translations(Option<&'a str>),
+    Speech(Option<&'a str>),
+    Images(Option<&'a str>),
+    Responses,
+    Response(stored::Op, &'a str),
+    Models,
+    Model(&'a str),
+    Files,
+    UploadFile,
+    File(files::Op, &'a str),
+    Batches,
+    CreateBatch,
+    Batch(&'a str),
+    CancelBatch(&'a str),
 }
 
-/// Maps a method and path to an operation; `None` is Azure's 404.
-fn route<'a>(method: &Method, path: &'a str, query: Option<&str>) -> Option<Route<'a>> {
-    let rest = path.strip_prefix("/openai/")?;
-    // The v1 API: api-version is optional, the deployment is the body's `model`.
-    if let Some(op) = rest.strip_prefix("v1/") {
-        return match (method, op) {
-            (&Method::POST, "chat/completions") => Some(Route::Chat(None)),
-            (&Method::POST, "responses") => Some(Route::Responses),
-            (&Method::POST, "embeddings") => Some(Route::Embeddings(None)),
-            (&Method::GET, "models") => Some(Route::Models),
-            (&Method::POST, "audio/transcriptions") => Some(Route::Transcriptions(None)),
+impl Route<'_> {
+    /// The deployment the URL names, if it names one.
+    fn deployment(&self) -> Option<&str> {
+        match *self {
+            Route::Chat(d)
+            | Route::Completions(d)
+            | Route::Embeddings(d)
+            | Route::Transcriptions(d)
+            | Route::Translations(d)
+            | Route::Speech(d)
+            | Route::Images(d) => d,
             _ => None,
-        };
+        }
+    }
+
+    /// Whether the operation runs on a deployment (named by the URL or the body's `model`).
+    fn on_deployment(&self) -> bool {
+        matches!(
+            self,
+            Route::Chat(_)
+                | Route::Completions(_)
+                | Route::Embeddings(_)
+                | Route::Transcriptions(_)
+                | Route::Translations(_)
+                | Route::Speech(_)
+                | Route::Images(_)
+                | Route::Responses
+        )
+    }
+}
+
+/// What a path and query come to before authentication.
+#[derive(Debug, PartialEq, Eq)]
+enum Routed<'a> {
+    Op(Route<'a>),
+    NotFound,
+    BadApiVersion,
+    ResponsesNeedNewerApiVersion,
+}
+
+/// Maps a method, path and query to an operation, or to Azure's refusal.
+fn route<'a>(method: &Method, path: &'a str, query: Option<&str>) -> Routed<'a> {
+    let Some(rest) = path.strip_prefix("/openai/") else {
+        return Routed::NotFound;
+    };
+    let version = api_version(query);
+    // The v1 API: api-version is optional (`v1`, `preview` or `latest` when given), the
+    // deployment is the body's `model`.
+    if let Some(op) = rest.strip_prefix("v1/") {
+        if version
+            .as_deref()
+            .is_some_and(|v| !matches!(v, "v1" | "preview" | "latest"))
+        {
+            return Routed::BadApiVersion;
+        }
+        return operation(method, op, None).map_or(Routed::NotFound, Routed::Op);
     }
     // The dated API: Azure answers 404 "Resource not found" when api-version is missing.
-    if !has_api_version(query) {
-        return None;
-    }
-    if let Some(rest) = rest.strip_prefix("deployments/") {
-        let (deployment, op) = rest.split_once('/')?;
-        if deployment.is_empty() {
-            return None;
-        }
-        return match (method, op) {
-            (&Method::POST, "chat/completions") => Some(Route::Chat(Some(deployment))),
-            (&Method::POST, "embeddings") => Some(Route::Embeddings(Some(deployment))),
-            (&Method::POST, "audio/transcriptions") => {
-                Some(Route::Transcriptions(Some(deployment)))
+    let Some(version) = version else {
+        return Routed::NotFound;
+    };
+    let Some(date) = dated_version(&version) else {
+        return Routed::BadApiVersion;
+    };
+    let found = if let Some(rest) = rest.strip_prefix("deployments/") {
+        match rest.split_once('/') {
+            Some((deployment, op)) if !deployment.is_empty() => {
+                operation(method, op, Some(deployment)).filter(|r| r.deployment().is_some())
             }
             _ => None,
-        };
-    }
-    match (method, rest) {
-        (&Method::POST, "responses") => Some(Route::Responses),
-        (&Method::GET, "models") => Some(Route::Models),
-        _ => None,
+        }
+    } else {
+        operation(method, rest, None).filter(|r| !r.on_deployment() || *r == Route::Responses)
+    };
+    match found {
+        None => Routed::NotFound,
+        // Responses exists on the dated surface only from 2025-03-01-preview on.
+        Some(Route::Responses | Route::Response(..)) if date < "2025-03-01" => {
+            Routed::ResponsesNeedNewerApiVersion
+        }
+        Some(route) => Routed::Op(route),
     }
 }
 
-fn has_api_version(query: Option<&str>) -> bool {
-    query.is_some_and(|query| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .any(|(key, value)| key == "api-version" && !value.is_empty())
+/// The operation below `/openai/v1/`, `/openai/` or `/openai/deployments/{d}/`.
+fn operation<'a>(method: &Method, op: &'a str, deployment: Option<&'a str>) -> Option<Route<'a>> {
+    let segments: Vec<&str> = op.split('/').collect();
+    Some(match (method, segments.as_slice()) {
+        (&Method::POST, ["chat", "completions"]) => Route::Chat(deployment),
+        (&Method::POST, ["completions"]) => Route::Completions(deployment),
+        (&Method::POST, ["embeddings"]) => Route::Embeddings(deployment),
+        (&Method::POST, ["audio", "transcriptions"]) => Route::Transcriptions(deployment),
+        (&Method::POST, ["audio", "translations"]) => Route::Translations(deployment),
+        (&Method::POST, ["audio", "speech"]) => Route::Speech(deployment),
+        (&Method::POST, ["images", "generations"]) => Route::Images(deployment),
+        (&Method::POST, ["responses"]) => Route::Responses,
+        (&Method::GET, ["responses", id]) => Route::Response(stored::Op::Retrieve, id),
+        (&Method::DELETE, ["responses", id]) => Route::Response(stored::Op::Delete, id),
+        (&Method::POST, ["responses", id, "cancel"]) => Route::Response(stored::Op::Cancel, id),
+        (&Method::GET, ["responses", id, "input_items"]) => {
+            Route::Response(stored::Op::InputItems, id)
+        }
+        (&Method::GET, ["models"]) => Route::Models,
+        (&Method::GET, ["models", id]) => Route::Model(id),
+        (&Method::GET, ["files"]) => Route::Files,
+        (&Method::POST, ["files"]) => Route::UploadFile,
+        (&Method::GET, ["files", id]) => Route::File(files::Op::Retrieve, id),
+        (&Method::DELETE, ["files", id]) => Route::File(files::Op::Delete, id),
+        (&Method::GET, ["files", id, "content"]) => Route::File(files::Op::Content, id),
+        (&Method::GET, ["batches"]) => Route::Batches,
+        (&Method::POST, ["batches"]) => Route::CreateBatch,
+        (&Method::GET, ["batches", id]) => Route::Batch(id),
+        (&Method::POST, ["batches", id, "cancel"]) => Route::CancelBatch(id),
+        _ => return None,
+    })
+    .filter(|route| match route {
+        Route::Response(_, id)
+        | Route::Model(id)
+        | Route::File(_, id)
+        | Route::Batch(id)
+        | Route::CancelBatch(id) => !id.is_empty(),
+        _ => true,
     })
 }
 
+/// The request's `api-version`, when it has a non-empty one.
+fn api_version(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == "api-version")
+        .map(|(_, value)| value.into_owned())
+        .filter(|value| !value.is_empty())
+}
+
+/// The date of a dated api-version (`YYYY-MM-DD` or `YYYY-MM-DD-preview`) Azure could
+/// have: the first dated version is 2022-12-01.
+fn dated_version(version: &str) -> Option<&str> {
+    let date = version.strip_suffix("-preview").unwrap_or(version);
+    let b = date.as_bytes();
+    let shape = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        });
+    let month = date.get(5..7).and_then(|m| m.parse::<u8>().ok());
+    let day = date.get(8..10).and_then(|d| d.parse::<u8>().ok());
+    (shape
+        && month.is_some_and(|m| (1..=12).contains(&m))
+        && day.is_some_and(|d| (1..=31).contains(&d))
+        && date >= "2022-12-01")
+        .then_some(date)
+}
+
+/// What an operation handler gets: the shared state, the request and its knobs.
+struct Call<'a> {
+    state: &'a State,
+    parts: &'a Parts,
+    body: Bytes,
+    knobs: &'a Knobs,
+}
+
+impl Call<'_> {
+    /// Azure's 404 when `deployment` is not one of the resource's.
+    fn missing_deployment(&self, deployment: &str) -> Option<Response<Body>> {
+        self.state.missing_deployment(deployment)
+    }
+}
+
 /// Reads the body, applies `x-sim-status`, then runs the operation.
-async fn dispatch(route: Route<'_>, parts: &Parts, body: Incoming) -> Response<Body> {
-    let knobs = Knobs::read(&parts.headers);
+async fn dispatch(
+    state: &State,
+    route: Route<'_>,
+    parts: &Parts,
+    body: Incoming,
+    knobs: &Knobs,
+) -> Response<Body> {
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
@@ -234,169 +470,55 @@ async fn dispatch(route: Route<'_>, parts: &Parts, body: Incoming) -> Response<B
         }
     };
     if let Some(status) = knobs.status {
-        return simulated_error(status, &knobs);
+        return errors::simulated(status, knobs, route.on_deployment());
     }
-    match route {
-        Route::Chat(deployment) => chat::completions(deployment, &body, &knobs).await,
-        Route::Responses => responses::create(&body, &knobs).await,
-        Route::Embeddings(deployment) => embeddings::create(deployment, &body, &knobs).await,
-        Route::Models => {
-            knobs.pause().await;
-            json_response(StatusCode::OK, Bytes::from_static(MODELS.as_bytes()))
-        }
-        Route::Transcriptions(deployment) => {
-            audio::transcriptions(deployment, &parts.headers, body, &knobs).await
-        }
+    if let Some(missing) = route.deployment().and_then(|d| state.missing_deployment(d)) {
+        return missing;
     }
-}
-
-/// The list both models routes answer: v1's OpenAI fields plus the dated API's Azure ones.
-const MODELS: &str = concat!(
-    r#"{"object":"list","data":["#,
-    r#"{"id":"gpt-4o","object":"model","created":1715558400,"created_at":1715558400,"owned_by":"system","status":"succeeded","lifecycle_status":"generally-available","#,
-    r#""capabilities":{"chat_completion":true,"completion":false,"embeddings":false,"fine_tune":false,"inference":true}},"#,
-    r#"{"id":"gpt-4o-mini","object":"model","created":1721260800,"created_at":1721260800,"owned_by":"system","status":"succeeded","lifecycle_status":"generally-available","#,
-    r#""capabilities":{"chat_completion":true,"completion":false,"embeddings":false,"fine_tune":true,"inference":true}},"#,
-    r#"{"id":"text-embedding-3-small","object":"model","created":1705968000,"created_at":1705968000,"owned_by":"system","status":"succeeded","lifecycle_status":"generally-available","#,
-    r#""capabilities":{"chat_completion":false,"completion":false,"embeddings":true,"fine_tune":false,"inference":true}},"#,
-    r#"{"id":"whisper","object":"model","created":1696896000,"created_at":1696896000,"owned_by":"system","status":"succeeded","lifecycle_status":"generally-available","#,
-    r#""capabilities":{"chat_completion":false,"completion":false,"embeddings":false,"fine_tune":false,"inference":true}}"#,
-    "]}"
-);
-
-// ---------------------------------------------------------------------------------------
-// Knobs
-
-const SIM_CHUNKS: HeaderName = HeaderName::from_static("x-sim-chunks");
-const SIM_DELAY_MS: HeaderName = HeaderName::from_static("x-sim-delay-ms");
-const SIM_STATUS: HeaderName = HeaderName::from_static("x-sim-status");
-const SIM_RETRY_AFTER_MS: HeaderName = HeaderName::from_static("x-sim-retry-after-ms");
-const SIM_REPLY: HeaderName = HeaderName::from_static("x-sim-reply");
-
-/// What the test or benchmark asked of this answer, read from `x-sim-*` request headers.
-/// Unparsable values fall back to the defaults: a knob never turns into an error.
-#[derive(Debug)]
-struct Knobs {
-    /// Content frames in a stream.
-    chunks: usize,
-    /// Pause between streamed frames, or once before a non-streamed answer.
-    delay: Duration,
-    /// A 4xx/5xx to answer instead of the operation.
-    status: Option<StatusCode>,
-    /// `retry-after-ms` of a simulated 429.
-    retry_after_ms: u64,
-    /// The generated text; `None` is the default greeting.
-    reply: Option<String>,
-}
-
-impl Knobs {
-    const DEFAULT_CHUNKS: usize = 8;
-    /// Bounds that keep a typo from building a gigabyte answer or sleeping for a day.
-    const MAX_CHUNKS: usize = 100_000;
-    const MAX_DELAY_MS: u64 = 60_000;
-
-    fn read(headers: &HeaderMap) -> Self {
-        fn number(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
-            headers.get(name)?.to_str().ok()?.trim().parse().ok()
-        }
-        Knobs {
-            chunks: number(headers, &SIM_CHUNKS).map_or(Self::DEFAULT_CHUNKS, |n| {
-                usize::try_from(n)
-                    .unwrap_or(Self::MAX_CHUNKS)
-                    .min(Self::MAX_CHUNKS)
-            }),
-            delay: Duration::from_millis(
-                number(headers, &SIM_DELAY_MS)
-                    .unwrap_or(0)
-                    .min(Self::MAX_DELAY_MS),
-            ),
-            status: number(headers, &SIM_STATUS)
-                .and_then(|n| StatusCode::from_u16(u16::try_from(n).ok()?).ok())
-                .filter(|status| status.is_client_error() || status.is_server_error()),
-            retry_after_ms: number(headers, &SIM_RETRY_AFTER_MS)
-                .unwrap_or(1000)
-                .min(Self::MAX_DELAY_MS * 60),
-            reply: headers
-                .get(&SIM_REPLY)
-                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
-                .filter(|reply| !reply.trim().is_empty()),
-        }
+    if matches!(
+        route,
+        Route::Chat(_)
+            | Route::Completions(_)
+            | Route::Embeddings(_)
+            | Route::Responses
+            | Route::CreateBatch
+    ) {
+        tokens::load().await;
     }
-
-    /// The pause a non-streamed answer takes before its head.
-    async fn pause(&self) {
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
-        }
-    }
-
-    /// The generated text.
-    fn reply(&self) -> &str {
-        self.reply.as_deref().unwrap_or(DEFAULT_REPLY)
-    }
-}
-
-const DEFAULT_REPLY: &str = "Hello from the keyless simulator! This answer came from a simulated \
-    Azure OpenAI deployment, reached with a Microsoft Entra ID token instead of an API key.";
-
-/// The reply split into `chunks` contiguous pieces of whole words, each piece keeping its
-/// leading space so the pieces concatenate back to the text. When the reply has fewer words
-/// than `chunks`, it is repeated until every piece has at least one word, so `x-sim-chunks`
-/// always yields exactly that many content frames (up to [`MAX_TEXT`] bytes of text; past
-/// that, some pieces are empty).
-fn split_reply(reply: &str, chunks: usize) -> (String, Vec<std::ops::Range<usize>>) {
-    let words = word_starts(reply).count().max(1);
-    let copies = chunks
-        .div_ceil(words)
-        .min(MAX_TEXT / (reply.len() + 1))
-        .max(1);
-    let mut text = String::with_capacity(copies * (reply.len() + 1));
-    text.push_str(reply);
-    for _ in 1..copies {
-        text.push(' ');
-        text.push_str(reply);
-    }
-    let starts: Vec<usize> = word_starts(&text).collect();
-    let total = starts.len();
-    // Piece i runs from word i*total/chunks to word (i+1)*total/chunks; the first starts at
-    // 0 and the last ends at the end, so no byte is lost.
-    let boundary = |i: usize| {
-        if i == 0 {
-            0
-        } else if i == chunks {
-            text.len()
-        } else {
-            starts
-                .get(i * total / chunks)
-                .copied()
-                .unwrap_or(text.len())
-        }
+    let call = Call {
+        state,
+        parts,
+        body,
+        knobs,
     };
-    let pieces = (0..chunks).map(|i| boundary(i)..boundary(i + 1)).collect();
-    (text, pieces)
-}
-
-/// The most reply text one answer generates, however many chunks are asked for.
-const MAX_TEXT: usize = 8 * 1024 * 1024;
-
-/// Byte offsets where a word begins (a non-space after a space, or the first character).
-fn word_starts(text: &str) -> impl Iterator<Item = usize> + '_ {
-    let mut previous_space = true;
-    text.char_indices().filter_map(move |(i, c)| {
-        let space = c.is_whitespace();
-        let start = previous_space && !space;
-        previous_space = space;
-        start.then_some(i)
-    })
-}
-
-/// A rough token count for `usage`: four bytes a token, like OpenAI's rule of thumb.
-fn estimate_tokens(bytes: usize) -> u64 {
-    (bytes as u64).div_ceil(4).max(1)
+    match route {
+        Route::Chat(deployment) => chat::completions(deployment, &call).await,
+        Route::Completions(deployment) => completions::create(deployment, &call).await,
+        Route::Embeddings(deployment) => embeddings::create(deployment, &call).await,
+        Route::Transcriptions(deployment) => {
+            audio::transcribe(audio::Task::Transcribe, deployment, &call).await
+        }
+        Route::Translations(deployment) => {
+            audio::transcribe(audio::Task::Translate, deployment, &call).await
+        }
+        Route::Speech(deployment) => audio::speech(deployment, &call).await,
+        Route::Images(deployment) => images::generate(deployment, &call).await,
+        Route::Responses => responses::create(&call).await,
+        Route::Response(op, id) => stored::handle(op, id, &call),
+        Route::Models => models::list(knobs).await,
+        Route::Model(id) => models::retrieve(id, knobs).await,
+        Route::Files => files::list(&call),
+        Route::UploadFile => files::upload(&call).await,
+        Route::File(op, id) => files::handle(op, id, &call),
+        Route::Batches => batches::list(&call),
+        Route::CreateBatch => batches::create(&call).await,
+        Route::Batch(id) => batches::retrieve(id, &call),
+        Route::CancelBatch(id) => batches::cancel(id, &call),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
-// Responses and errors
+// Answers
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream; charset=utf-8");
@@ -416,6 +538,11 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
     response
 }
 
+/// A 200 with `value` as its JSON body.
+fn json_ok(value: &serde_json::Value) -> Response<Body> {
+    json_response(StatusCode::OK, Bytes::from(value.to_string()))
+}
+
 /// An SSE answer whose frames go out one body frame each, `delay` apart.
 fn sse_response(frames: Vec<Bytes>, delay: Duration) -> Response<Body> {
     let mut response = Response::new(SseBody::new(frames, delay).boxed_unsync());
@@ -424,92 +551,13 @@ fn sse_response(frames: Vec<Bytes>, delay: Duration) -> Response<Body> {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
-
-/// Azure's `{"error":{"code","message"}}` envelope (its `code` is often the status as a string).
-fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let mut body = String::with_capacity(40 + code.len() + message.len());
-    body.push_str(r#"{"error":{"code":"#);
-    push_json_str(&mut body, code);
-    body.push_str(r#","message":"#);
-    push_json_str(&mut body, message);
-    body.push_str("}}");
-    json_response(status, Bytes::from(body))
-}
-
-/// OpenAI's envelope, which Azure passes through for request validation errors.
-fn invalid_request(message: &str) -> Response<Body> {
-    let mut body = String::with_capacity(80 + message.len());
-    body.push_str(r#"{"error":{"message":"#);
-    push_json_str(&mut body, message);
-    body.push_str(r#","type":"invalid_request_error","param":null,"code":null}}"#);
-    json_response(StatusCode::BAD_REQUEST, Bytes::from(body))
-}
-
-fn invalid_json(error: &serde_json::Error) -> Response<Body> {
-    invalid_request(&format!(
-        "We could not parse the JSON body of your request. ({error}) \
-         (HINT: This likely means you aren't using your HTTP library correctly.)"
-    ))
-}
-
-const NOT_FOUND: &str = r#"{"error":{"code":"404","message":"Resource not found"}}"#;
-
-fn not_found() -> Response<Body> {
-    json_response(
-        StatusCode::NOT_FOUND,
-        Bytes::from_static(NOT_FOUND.as_bytes()),
-    )
-}
-
-const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
-
-/// The answer to `x-sim-status`, in the shape Azure gives that status.
-fn simulated_error(status: StatusCode, knobs: &Knobs) -> Response<Body> {
-    match status {
-        StatusCode::UNAUTHORIZED => identity::unauthorized(),
-        StatusCode::FORBIDDEN => error_response(
-            status,
-            "PermissionDenied",
-            "The principal `00000000-0000-0000-0000-000000000000` lacks the required data action \
-             `Microsoft.CognitiveServices/accounts/OpenAI/deployments/chat/completions/action` to \
-             perform `POST /openai/deployments/{deployment-id}/chat/completions` operation.",
-        ),
-        StatusCode::NOT_FOUND => not_found(),
-        StatusCode::TOO_MANY_REQUESTS => {
-            let seconds = knobs.retry_after_ms.div_ceil(1000);
-            let mut response = error_response(
-                status,
-                "429",
-                &format!(
-                    "Requests to the ChatCompletions_Create Operation under Azure OpenAI API \
-                     version 2024-10-21 have exceeded token rate limit of your current OpenAI S0 \
-                     pricing tier. Please retry after {seconds} seconds. (simulated: x-sim-status)"
-                ),
-            );
-            let headers = response.headers_mut();
-            headers.insert(RETRY_AFTER_MS, HeaderValue::from(knobs.retry_after_ms));
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            response
-        }
-        StatusCode::INTERNAL_SERVER_ERROR => error_response(
-            status,
-            "InternalServerError",
-            "The server had an error while processing your request. Sorry about that! \
-             (simulated: x-sim-status)",
-        ),
-        _ => error_response(
-            status,
-            status.as_str(),
-            &format!("Simulated error {status} (x-sim-status)"),
-        ),
-    }
-}
-
 const APIM_REQUEST_ID: HeaderName = HeaderName::from_static("apim-request-id");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_MS_REGION: HeaderName = HeaderName::from_static("x-ms-region");
 const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
 const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
 
 /// The headers Azure puts on every answer, errors included.
 fn azure_headers(headers: &mut HeaderMap) {
@@ -518,6 +566,8 @@ fn azure_headers(headers: &mut HeaderMap) {
     headers.insert(X_REQUEST_ID, id);
     headers.insert(REMAINING_REQUESTS, HeaderValue::from_static("999"));
     headers.insert(REMAINING_TOKENS, HeaderValue::from_static("999000"));
+    headers.insert(LIMIT_REQUESTS, HeaderValue::from_static("1000"));
+    headers.insert(LIMIT_TOKENS, HeaderValue::from_static("1000000"));
     headers.insert(X_MS_REGION, HeaderValue::from_static("Simulated"));
 }
 
@@ -583,100 +633,4 @@ fn push_json_str(out: &mut String, s: &str) {
     }
     out.push_str(&s[plain..]);
     out.push('"');
-}
-
-// ---------------------------------------------------------------------------------------
-// The SSE body
-
-/// Writes all frames into one buffer, then slices it: one allocation for the whole stream,
-/// and each frame still goes out as its own body frame.
-struct FrameWriter {
-    /// The frames written so far, back to back.
-    buf: String,
-    ends: Vec<usize>,
-}
-
-impl FrameWriter {
-    fn new(frames: usize, bytes: usize) -> Self {
-        Self {
-            buf: String::with_capacity(bytes),
-            ends: Vec::with_capacity(frames),
-        }
-    }
-
-    /// Marks the end of the frame written since the previous call.
-    fn end(&mut self) {
-        self.ends.push(self.buf.len());
-    }
-
-    fn finish(self) -> Vec<Bytes> {
-        let all = Bytes::from(self.buf);
-        let mut start = 0;
-        self.ends
-            .into_iter()
-            .map(|end| {
-                let frame = all.slice(start..end);
-                start = end;
-                frame
-            })
-            .collect()
-    }
-}
-
-/// A body that hands out pre-built SSE frames one at a time, sleeping `delay` between them,
-/// so a client (and keyless in front of it) sees every frame as its own write.
-struct SseBody {
-    frames: std::vec::IntoIter<Bytes>,
-    delay: Duration,
-    /// Armed after each frame when `delay` is non-zero; reused to avoid an allocation a frame.
-    sleep: Option<Pin<Box<Sleep>>>,
-    waiting: bool,
-}
-
-impl SseBody {
-    fn new(frames: Vec<Bytes>, delay: Duration) -> Self {
-        Self {
-            frames: frames.into_iter(),
-            delay,
-            sleep: None,
-            waiting: false,
-        }
-    }
-}
-
-impl HttpBody for SseBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = &mut *self;
-        if this.frames.len() == 0 {
-            return Poll::Ready(None);
-        }
-        if this.waiting {
-            let delay = this.delay;
-            let sleep = this
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
-            ready!(sleep.as_mut().poll(cx));
-            this.waiting = false;
-        }
-        let frame = this.frames.next();
-        if !this.delay.is_zero() && this.frames.len() > 0 {
-            this.waiting = true;
-            if let Some(sleep) = this.sleep.as_mut() {
-                sleep.as_mut().reset(Instant::now() + this.delay);
-            }
-        }
-        Poll::Ready(frame.map(|bytes| Ok(Frame::data(bytes))))
-    }
-
-    // No exact `size_hint`: it would make hyper send a content-length, and Azure streams
-    // chunked.
-    fn is_end_stream(&self) -> bool {
-        self.frames.len() == 0
-    }
 }

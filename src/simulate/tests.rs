@@ -1,6 +1,7 @@
 //! The simulator over real sockets: each test starts its own on port 0 and drives it with
 //! a hyper client.
 
+use super::knobs::*;
 use super::*;
 use http::Request;
 use http::response::Parts as ResponseParts;
@@ -8,6 +9,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
+
+/// The features of issue 14 and the Responses lifecycle, over the same harness.
+mod features;
 
 const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
 
@@ -25,8 +29,14 @@ impl Drop for Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(Options::default()).await
+}
+
+async fn harness_with(options: Options) -> Harness {
     let shutdown = CancellationToken::new();
-    let simulator = Simulator::start(shutdown.clone()).await.unwrap();
+    let simulator = Simulator::start_with(options, shutdown.clone())
+        .await
+        .unwrap();
     let token = simulator.identity().acquire(SCOPE).await.unwrap();
     Harness {
         token: token.secret.expose().to_owned(),
@@ -47,6 +57,16 @@ impl Harness {
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    }
+
+    /// A bodiless request with this harness's bearer token.
+    fn bare(&self, method: Method, path: &str) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri(self.url(path).as_str())
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .body(Full::default())
             .unwrap()
     }
 
@@ -485,7 +505,7 @@ async fn simulated_429_carries_retry_after_headers() {
         .insert(SIM_RETRY_AFTER_MS, HeaderValue::from_static("1500"));
     let (parts, json) = h.send_json(request).await;
     assert_eq!(parts.status, StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(parts.headers[RETRY_AFTER_MS], "1500");
+    assert_eq!(parts.headers[errors::RETRY_AFTER_MS_FOR_TEST], "1500");
     assert_eq!(parts.headers[header::RETRY_AFTER], "2");
     assert_eq!(json["error"]["code"], "429");
 }
@@ -493,16 +513,16 @@ async fn simulated_429_carries_retry_after_headers() {
 #[tokio::test]
 async fn reply_knob_sets_the_content() {
     let h = harness().await;
-    let mut request = h.post("/openai/v1/chat/completions", &json!({"model": "m"}));
+    let mut request = h.post(
+        "/openai/v1/chat/completions",
+        &json!({"model": "m", "messages": [{"role": "user", "content": "ping"}]}),
+    );
     request
         .headers_mut()
         .insert(SIM_REPLY, HeaderValue::from_static("pong"));
     let (_, json) = h.send_json(request).await;
-    // One word, eight chunks: the reply repeats so each frame carries a word.
-    assert_eq!(
-        json["choices"][0]["message"]["content"],
-        ["pong"; 8].join(" ")
-    );
+    // One word, eight chunks: the reply is said once all the same.
+    assert_eq!(json["choices"][0]["message"]["content"], "pong");
 }
 
 #[tokio::test]
@@ -550,7 +570,7 @@ async fn h2c_prior_knowledge_is_served() {
         .build_http();
     let request = h.post(
         "/openai/v1/chat/completions",
-        &json!({"model": "gpt-4o", "stream": true}),
+        &json!({"model": "gpt-4o", "stream": true, "messages": []}),
     );
     let response = client.request(request).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
@@ -574,72 +594,221 @@ async fn shutdown_stops_serving() {
 #[test]
 fn routes_cover_both_azure_url_styles() {
     let v = Some("api-version=2024-10-21");
+    let preview = Some("api-version=2025-04-01-preview");
+    let op = Routed::Op;
     let cases = [
         (
             Method::POST,
             "/openai/v1/chat/completions",
             None,
-            Some(Route::Chat(None)),
+            op(Route::Chat(None)),
+        ),
+        (
+            Method::POST,
+            "/openai/v1/chat/completions",
+            Some("api-version=preview"),
+            op(Route::Chat(None)),
+        ),
+        (
+            Method::POST,
+            "/openai/v1/chat/completions",
+            Some("api-version=2024-10-21"),
+            Routed::BadApiVersion,
         ),
         (
             Method::POST,
             "/openai/deployments/d/chat/completions",
             v,
-            Some(Route::Chat(Some("d"))),
+            op(Route::Chat(Some("d"))),
         ),
         (
             Method::POST,
             "/openai/deployments/d/chat/completions",
             None,
-            None,
+            Routed::NotFound,
         ),
         (
             Method::POST,
             "/openai/deployments/d/chat/completions",
             Some("api-version="),
-            None,
+            Routed::NotFound,
+        ),
+        (
+            Method::POST,
+            "/openai/deployments/d/chat/completions",
+            Some("api-version=2024-13-01"),
+            Routed::BadApiVersion,
+        ),
+        (
+            Method::POST,
+            "/openai/deployments/d/chat/completions",
+            Some("api-version=2021-01-01"),
+            Routed::BadApiVersion,
+        ),
+        (
+            Method::POST,
+            "/openai/deployments/d/chat/completions",
+            Some("api-version=latest"),
+            Routed::BadApiVersion,
         ),
         (
             Method::POST,
             "/openai/deployments//chat/completions",
             v,
+            Routed::NotFound,
+        ),
+        (
+            Method::POST,
+            "/openai/deployments/d/completions",
+            v,
+            op(Route::Completions(Some("d"))),
+        ),
+        (
+            Method::POST,
+            "/openai/v1/completions",
             None,
+            op(Route::Completions(None)),
         ),
         (
             Method::POST,
             "/openai/v1/responses",
             None,
-            Some(Route::Responses),
+            op(Route::Responses),
         ),
-        (Method::POST, "/openai/responses", v, Some(Route::Responses)),
+        (
+            Method::POST,
+            "/openai/responses",
+            preview,
+            op(Route::Responses),
+        ),
+        (
+            Method::POST,
+            "/openai/responses",
+            v,
+            Routed::ResponsesNeedNewerApiVersion,
+        ),
+        (
+            Method::GET,
+            "/openai/responses/resp_1",
+            v,
+            Routed::ResponsesNeedNewerApiVersion,
+        ),
+        (
+            Method::GET,
+            "/openai/responses/resp_1",
+            preview,
+            op(Route::Response(stored::Op::Retrieve, "resp_1")),
+        ),
+        (
+            Method::POST,
+            "/openai/v1/responses/resp_1/cancel",
+            None,
+            op(Route::Response(stored::Op::Cancel, "resp_1")),
+        ),
+        (
+            Method::DELETE,
+            "/openai/v1/responses/resp_1",
+            None,
+            op(Route::Response(stored::Op::Delete, "resp_1")),
+        ),
+        (
+            Method::GET,
+            "/openai/v1/responses/resp_1/input_items",
+            None,
+            op(Route::Response(stored::Op::InputItems, "resp_1")),
+        ),
         (
             Method::POST,
             "/openai/v1/embeddings",
             None,
-            Some(Route::Embeddings(None)),
+            op(Route::Embeddings(None)),
         ),
         (
             Method::POST,
             "/openai/deployments/e/embeddings",
             v,
-            Some(Route::Embeddings(Some("e"))),
+            op(Route::Embeddings(Some("e"))),
         ),
-        (Method::GET, "/openai/v1/models", None, Some(Route::Models)),
-        (Method::GET, "/openai/models", v, Some(Route::Models)),
+        (Method::GET, "/openai/v1/models", None, op(Route::Models)),
+        (Method::GET, "/openai/models", v, op(Route::Models)),
+        (
+            Method::GET,
+            "/openai/v1/models/gpt-4o",
+            None,
+            op(Route::Model("gpt-4o")),
+        ),
         (
             Method::POST,
             "/openai/v1/audio/transcriptions",
             None,
-            Some(Route::Transcriptions(None)),
+            op(Route::Transcriptions(None)),
         ),
         (
             Method::POST,
             "/openai/deployments/w/audio/transcriptions",
             v,
-            Some(Route::Transcriptions(Some("w"))),
+            op(Route::Transcriptions(Some("w"))),
         ),
-        (Method::GET, "/openai/v1/chat/completions", None, None),
-        (Method::POST, "/v1/chat/completions", None, None),
+        (
+            Method::POST,
+            "/openai/deployments/w/audio/translations",
+            v,
+            op(Route::Translations(Some("w"))),
+        ),
+        (
+            Method::POST,
+            "/openai/v1/audio/speech",
+            None,
+            op(Route::Speech(None)),
+        ),
+        (
+            Method::POST,
+            "/openai/deployments/i/images/generations",
+            v,
+            op(Route::Images(Some("i"))),
+        ),
+        (Method::POST, "/openai/files", v, op(Route::UploadFile)),
+        (Method::GET, "/openai/v1/files", None, op(Route::Files)),
+        (
+            Method::GET,
+            "/openai/v1/files/file-1/content",
+            None,
+            op(Route::File(files::Op::Content, "file-1")),
+        ),
+        (
+            Method::DELETE,
+            "/openai/files/file-1",
+            v,
+            op(Route::File(files::Op::Delete, "file-1")),
+        ),
+        (Method::POST, "/openai/batches", v, op(Route::CreateBatch)),
+        (
+            Method::POST,
+            "/openai/v1/batches/b/cancel",
+            None,
+            op(Route::CancelBatch("b")),
+        ),
+        // Deployment operations need the deployment on the dated surface, and the others
+        // must not have one.
+        (
+            Method::POST,
+            "/openai/chat/completions",
+            v,
+            Routed::NotFound,
+        ),
+        (
+            Method::GET,
+            "/openai/deployments/d/models",
+            v,
+            Routed::NotFound,
+        ),
+        (
+            Method::GET,
+            "/openai/v1/chat/completions",
+            None,
+            Routed::NotFound,
+        ),
+        (Method::POST, "/v1/chat/completions", None, Routed::NotFound),
     ];
     for (method, path, query, expected) in cases {
         assert_eq!(
@@ -647,19 +816,6 @@ fn routes_cover_both_azure_url_styles() {
             expected,
             "{method} {path}?{query:?}"
         );
-    }
-}
-
-#[test]
-fn split_reply_yields_exactly_the_asked_pieces() {
-    for chunks in [0, 1, 3, 8, 40] {
-        let (text, pieces) = split_reply("one two  three", chunks);
-        assert_eq!(pieces.len(), chunks);
-        if chunks > 0 {
-            let joined: String = pieces.iter().map(|r| &text[r.clone()]).collect();
-            assert_eq!(joined, text);
-            assert!(pieces.iter().all(|r| !text[r.clone()].trim().is_empty()));
-        }
     }
 }
 
