@@ -456,6 +456,26 @@ def gateway_without_workload_identity() -> None:
 
 
 @case
+def traces_over_otlp() -> None:
+    """otel.endpoint: the OTEL_* variables keyless reads; none by default"""
+    values = deep_merge(GATEWAY_WI_OFF, {"otel": {"endpoint": "http://otel-collector.observability:4318"}})
+    objects = render(CHART, values)
+    keyless = container(one(objects, "Deployment")["spec"]["template"]["spec"], "keyless")
+    env = env_of(keyless)
+    check("OTEL_EXPORTER_OTLP_ENDPOINT from otel.endpoint", env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") == "http://otel-collector.observability:4318", str(env))
+    check("OTEL_EXPORTER_OTLP_PROTOCOL http/protobuf by default", env.get("OTEL_EXPORTER_OTLP_PROTOCOL", {}).get("value") == "http/protobuf", str(env))
+    check("OTEL_SERVICE_NAME the release's name by default", env.get("OTEL_SERVICE_NAME", {}).get("value") == "kl", str(env))
+    keyless_accepts(objects, "gateway with traces")
+    grpc = render(CHART, deep_merge(values, {"otel": {"protocol": "grpc", "serviceName": "gw"}}))
+    env = env_of(container(one(grpc, "Deployment")["spec"]["template"]["spec"], "keyless"))
+    check("otel.protocol grpc and otel.serviceName passed on", env["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "grpc" and env["OTEL_SERVICE_NAME"]["value"] == "gw", str(env))
+    plain = render(CHART, GATEWAY_WI_OFF)
+    env = env_of(container(one(plain, "Deployment")["spec"]["template"]["spec"], "keyless"))
+    check("no OTEL_* variables by default", not any(k.startswith("OTEL_") for k in env), str(env))
+    expect_render_error(deep_merge(values, {"otel": {"protocol": "http/json"}}), "protocol", "otel.protocol outside the two keyless speaks")
+
+
+@case
 def gateway_rejects_bad_values() -> None:
     """required values and the values schema"""
     expect_render_error({"workloadIdentity": {"enabled": False}}, "config.endpoint is required", "missing endpoint is an error")

@@ -427,6 +427,17 @@ env:
         key: redis-url
         {{- end }}
   {{- end }}
+  {{- with $v.otel }}
+  {{- if .endpoint }}
+  # Traces over OTLP (the SDK's own variables).
+  - name: OTEL_EXPORTER_OTLP_ENDPOINT
+    value: {{ .endpoint | quote }}
+  - name: OTEL_EXPORTER_OTLP_PROTOCOL
+    value: {{ .protocol | default "http/protobuf" | quote }}
+  - name: OTEL_SERVICE_NAME
+    value: {{ .serviceName | default $ctx.Release.Name | quote }}
+  {{- end }}
+  {{- end }}
   {{- with $v.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
