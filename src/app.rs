@@ -52,6 +52,8 @@ pub struct App {
     cut: CancellationToken,
     /// Request bodies held for replay, across requests.
     replay: Arc<ReplayBudget>,
+    /// WebSocket sessions (realtime); `None` answers upgrades with a 400.
+    realtime: Option<crate::realtime::Relay>,
 }
 
 /// Which listener a request came in on.
@@ -102,7 +104,14 @@ impl App {
             telemetry,
             shutdown,
             cut: CancellationToken::new(),
+            realtime: None,
         }
+    }
+
+    /// The same state, relaying WebSocket upgrades (realtime) through `relay`.
+    pub fn with_realtime(mut self, relay: crate::realtime::Relay) -> App {
+        self.realtime = Some(relay);
+        self
     }
 
     /// The same state with another upstream client: a worker's own.
@@ -244,6 +253,13 @@ impl App {
         if let Some(answer) = self.own_endpoint(&inbound, req.method()) {
             return answer;
         }
+        // A WebSocket upgrade (realtime, or the Responses WebSocket mode): the same path
+        // rules, its own relay.
+        if crate::realtime::is_upgrade(req.headers())
+            && matches!(inbound, Inbound::OpenAi(_) | Inbound::Azure(_))
+        {
+            return self.realtime(inbound, req, record).await;
+        }
         let (mut parts, body) = req.into_parts();
         let uri = parts.uri.clone();
         let query = uri.query();
@@ -310,6 +326,122 @@ impl App {
             }
         };
         self.proxy(&mut parts, destination, prepared, record).await
+    }
+
+    /// A WebSocket upgrade: the backend from the model (`?model=`) or the Azure-style
+    /// path's deployment, its limiter, its URI, then the relay (`realtime.rs`). One
+    /// attempt: a session cannot be replayed once frames flowed, and Azure's refusal of
+    /// the upgrade goes to the client as it came.
+    async fn realtime(
+        &self,
+        inbound: Inbound<'_>,
+        req: Request<Incoming>,
+        record: &mut Record,
+    ) -> Result<Response<Body>, Error> {
+        use crate::realtime;
+        let Some(relay) = &self.realtime else {
+            return Err(Error::BadRequest(
+                "keyless does not relay WebSocket upgrades here".into(),
+            ));
+        };
+        let (mut parts, _body) = req.into_parts();
+        let uri = parts.uri.clone();
+        let query = uri.query();
+        let (path, backends) = match inbound {
+            Inbound::OpenAi(op) if op.path == "realtime" => {
+                record.route = "realtime";
+                let model = realtime::query_value(query, "model");
+                let backends = match (&model, self.config.api) {
+                    (Some(model), _) => self.backends_for(op, Some(model))?,
+                    (None, ApiStyle::V1) => self.router.passthrough(),
+                    (None, ApiStyle::Deployments) => match &self.config.default_deployment {
+                        Some(d) => self.router.on_default(d),
+                        None => {
+                            return Err(Error::BadRequest(
+                                "you must provide a model parameter".into(),
+                            ));
+                        }
+                    },
+                };
+                (None, backends)
+            }
+            Inbound::OpenAi(op) => (Some(UpstreamPath::Op(op)), self.backends_for(op, None)?),
+            Inbound::Azure(path) => {
+                if matches!(
+                    path.trim_end_matches('/'),
+                    "/openai/v1/realtime" | "/openai/realtime"
+                ) {
+                    record.route = "realtime";
+                }
+                let backends = match realtime::azure_deployment(path, query) {
+                    Some(d) => {
+                        route::check_name("deployment", &d)?;
+                        self.router.on_default(&d)
+                    }
+                    None => self.router.passthrough(),
+                };
+                (Some(UpstreamPath::Verbatim(path)), backends)
+            }
+            _ => return Err(not_found(&parts.method, uri.path())),
+        };
+        let index = match backend::pick(&backends, 0, Instant::now(), true, &mut rand::rng()) {
+            Pick::Use(i) => i,
+            _ => match backend::pick(&backends, 0, Instant::now(), false, &mut rand::rng()) {
+                Pick::Use(i) => i,
+                Pick::Wait(wait) | Pick::Refuse(wait) => {
+                    return Err(Error::RateLimited {
+                        limit: "backend cool-down",
+                        retry_after: wait,
+                    });
+                }
+                Pick::None => return Err(Error::UpstreamUnreachable("no backend".into())),
+            },
+        };
+        let backend = &backends[index];
+        let deployment = &backend.deployment;
+        // The session holds its concurrency slot until it ends.
+        record.permit = self
+            .admit(backend, 0)
+            .await
+            .map_err(|rejected| Error::RateLimited {
+                limit: rejected.limit,
+                retry_after: rejected.retry_after,
+            })?;
+        let endpoint = &deployment.upstream.endpoint;
+        let name = deployment.name.as_deref();
+        let (base, version) = (&endpoint.base_path, &self.config.api_version);
+        let pq = match path {
+            None => realtime::upstream_path(base, self.config.api, name, version, query)?,
+            Some(path) => {
+                let query = realtime::without_keys(query);
+                match path {
+                    UpstreamPath::Op(op) => route::upstream_path(
+                        base,
+                        self.config.api,
+                        op,
+                        name,
+                        version,
+                        query.as_deref(),
+                    )?,
+                    UpstreamPath::Verbatim(path) => route::azure_path(base, path, query.as_deref()),
+                }
+            }
+        };
+        let upstream_uri = endpoint.uri(pq)?;
+        record.attempts = 1;
+        record.backend = Some(backend.name.clone());
+        record.backend_label = Some(backend.label.clone());
+        record.deployment = deployment.name.clone();
+        record.deployment_label = deployment.name.as_ref().map(|_| deployment.label.clone());
+        realtime::open(
+            relay,
+            &mut parts,
+            &upstream_uri,
+            &deployment.upstream.tokens,
+            record,
+            self.cut.clone(),
+        )
+        .await
     }
 
     /// The backends for a model (or for a request without one).

@@ -16,6 +16,7 @@ pub mod error;
 pub mod limit;
 pub mod model;
 mod prepare;
+pub mod realtime;
 pub mod retry;
 pub mod rewrite;
 pub mod route;
@@ -159,6 +160,16 @@ pub async fn run_with_identity(
     let telemetry = Arc::new(telemetry::Telemetry::new(tokens.clone()));
     let grace = config.shutdown_grace;
     let workers = config.workers;
+    // WebSocket sessions outlive their connection in hyper's eyes: the drain waits on
+    // this tracker for them, and they close (1001) when the grace is over.
+    let sessions = TaskTracker::new();
+    let relay = realtime::Relay::new(
+        tls.clone(),
+        sessions.clone(),
+        config.realtime,
+        connect_timeout,
+        config.timeouts.response,
+    );
     let app = Arc::new(app::App::new(
         config,
         router,
@@ -188,12 +199,14 @@ pub async fn run_with_identity(
         |_| {
             let app = app
                 .with_client(upstream::client_with(connect_timeout, tls.clone()))
-                .with_cut(cut.clone());
+                .with_cut(cut.clone())
+                .with_realtime(relay.clone());
             service(Arc::new(app), app::Listener::Main)
         },
         shutdown.clone(),
         grace,
         cut.clone(),
+        sessions,
         "proxy",
     )
     .await;

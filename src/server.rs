@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Serves `service` on `listener` until `shutdown` fires; then stops accepting at once
 /// (new connections are refused), gives the connections in flight `grace` to finish, and
@@ -52,6 +53,7 @@ pub async fn serve<S, B>(
         shutdown,
         grace,
         cut,
+        TaskTracker::new(),
         name,
     )
     .await;
@@ -71,6 +73,9 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 const RESERVED_DESCRIPTORS: u64 = 64;
 /// The most client connections served at once per listener, whatever the limit allows.
 const MAX_CONNECTIONS: usize = 16_384;
+/// How long upgraded connections (WebSocket sessions) may take, once the grace is over and
+/// they were told to close, to send their close frames before the worker stops.
+const UPGRADED_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// The cap on concurrent client connections: beyond it a new connection is closed at once,
 /// so the listener's backlog never fills and `/healthz` (and the admin listener) keep
@@ -203,12 +208,17 @@ impl Source {
     }
 }
 
+/// `upgraded` tracks the sessions of upgraded connections (WebSocket): hyper hands their
+/// socket over and forgets the connection, so the drain waits for them separately, within
+/// the same grace; they close themselves when `cut` fires.
+#[allow(clippy::too_many_arguments)]
 async fn serve_from<S, B>(
     mut source: Source,
     service: S,
     shutdown: CancellationToken,
     grace: Duration,
     cut: CancellationToken,
+    upgraded: TaskTracker,
     name: &'static str,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -284,8 +294,9 @@ async fn serve_from<S, B>(
                 drop(load);
                 return;
             }
+            // With upgrades: a WebSocket handshake (realtime) gets its socket handed over.
             let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(name, %peer, error = %e, "connection ended with an error");
@@ -296,13 +307,26 @@ async fn serve_from<S, B>(
     // Refuse new connections at once, then give the ones in flight their grace.
     drop(source);
     tracing::info!(name, "listener closed: draining");
+    // Closed, so that `wait` ends once the sessions open now have ended.
+    upgraded.close();
+    let drained = async {
+        graceful.shutdown().await;
+        upgraded.wait().await;
+    };
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!(name, "all connections finished"),
+        _ = drained => tracing::info!(name, "all connections finished"),
         _ = tokio::time::sleep(grace) => tracing::warn!(name, ?grace, "grace period over, closing the connections left"),
     }
     // Before the cut: a request ended by it is logged as cut by shutdown.
     cut.cancel();
     connections.shutdown().await;
+    // Sessions close both their sockets (1001) at the cut: give them the time to say so.
+    if tokio::time::timeout(UPGRADED_CLOSE_WAIT, upgraded.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(name, "upgraded sessions did not close in time");
+    }
 }
 
 /// Serves `listener` like [`serve`], on `workers` threads (at least one), each running
@@ -311,7 +335,8 @@ async fn serve_from<S, B>(
 /// fewest open; the connection stays there. At `shutdown` the listener closes and every
 /// worker drains as [`serve`] does, firing `cut` when the grace is over, just before it
 /// closes what is left; returns when all have stopped. An error when no worker is left
-/// to serve on.
+/// to serve on. `upgraded` tracks the WebSocket sessions the services start: the drain
+/// waits for them too (see [`serve`]'s notes on upgrades).
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_on_workers<S, B>(
     workers: usize,
@@ -320,6 +345,7 @@ pub async fn serve_on_workers<S, B>(
     shutdown: CancellationToken,
     grace: Duration,
     cut: CancellationToken,
+    upgraded: TaskTracker,
     name: &'static str,
 ) -> Result<(), String>
 where
@@ -340,6 +366,7 @@ where
         let service = make(i);
         let shutdown = shutdown.clone();
         let cut = cut.clone();
+        let upgraded = upgraded.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("keyless-{name}-{i}"))
             .spawn(move || {
@@ -359,6 +386,7 @@ where
                     shutdown,
                     grace,
                     cut,
+                    upgraded,
                     name,
                 ));
                 // Idle upstream connections and timers end with the runtime.

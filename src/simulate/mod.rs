@@ -27,6 +27,7 @@ mod audio;
 mod chat;
 mod embeddings;
 mod identity;
+mod realtime;
 mod responses;
 #[cfg(test)]
 mod tests;
@@ -142,9 +143,12 @@ async fn run(listener: TcpListener, state: Arc<State>, shutdown: CancellationTok
 
 /// One request: route, authenticate, apply the knobs, answer.
 async fn handle(state: &State, req: http::Request<Incoming>) -> Response<Body> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     if parts.uri.path() == "/msi/token" {
         return identity::msi_token(state, &parts);
+    }
+    if let Some(answer) = realtime::answer(state, &mut parts) {
+        return answer;
     }
     let mut response = match route(&parts.method, parts.uri.path(), parts.uri.query()) {
         None => not_found(),
