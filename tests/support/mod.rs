@@ -12,6 +12,7 @@
 pub mod identity;
 pub mod mock;
 pub mod tls;
+pub mod ws;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
