@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -109,6 +108,8 @@ async fn session(stream: TcpStream, seen: Arc<Mutex<Vec<Handshake>>>, mode: Mode
         Mode::Refuse(status, body) => Some((*status, *body)),
         _ => None,
     };
+    // The library's callback type returns its (large) error response by value.
+    #[allow(clippy::result_large_err)]
     let callback = move |request: &Request, mut response: Response| {
         let handshake = Handshake {
             path_and_query: request
@@ -157,18 +158,14 @@ async fn session(stream: TcpStream, seen: Arc<Mutex<Vec<Handshake>>>, mode: Mode
         Mode::Echo => {
             use futures_util::{SinkExt, StreamExt};
             while let Some(Ok(message)) = socket.next().await {
-                match message {
-                    Message::Text(_) | Message::Binary(_) => {
-                        if socket.send(message).await.is_err() {
-                            return;
-                        }
-                    }
+                if message.is_close() {
                     // The library answers the close itself.
-                    Message::Close(_) => {
-                        let _ = socket.close(None).await;
-                        return;
-                    }
-                    _ => {}
+                    let _ = socket.close(None).await;
+                    return;
+                }
+                let data = message.is_text() || message.is_binary();
+                if data && socket.send(message).await.is_err() {
+                    return;
                 }
             }
         }
