@@ -635,3 +635,105 @@ fn sigterm_gives_sessions_the_grace_then_closes_them_with_1001() {
         assert!(line.contains(field), "{field} in {line}");
     }
 }
+
+#[tokio::test]
+async fn a_slow_reader_slows_its_writer_and_nothing_is_lost() {
+    let (mock, mut sessions) = WsMock::handing().await;
+    let proxy = proxy_with(&mock, |_| {}).await;
+    let mut client = connect(&ws_url(&proxy.base, "/v1/realtime?model=gpt-realtime")).await;
+    let (mut upstream, _) = accepted(&mut sessions).await;
+    // Azure reads nothing: the client's sends must stall once the sockets' buffers are
+    // full, not be taken into a queue in keyless. (A send that is merely slow also ends
+    // the loop: that only makes the bound easier to meet, never a false failure.)
+    let frame: bytes::Bytes = (0..1u32 << 20)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let mut sent = 0usize;
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            client.send(Message::binary(frame.clone())),
+        )
+        .await
+        {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(e)) => panic!("the send failed: {e}"),
+            Err(_) => break,
+        }
+        assert!(
+            sent < 64,
+            "keyless took {sent} MiB that Azure never read: an unbounded queue"
+        );
+    }
+    assert!(sent > 0, "the sockets' buffers take at least a megabyte");
+    // Azure reads again: every frame arrives, whole and in order, and the stalled send
+    // completes.
+    let read = async {
+        for _ in 0..sent {
+            match next_data(&mut upstream).await {
+                Message::Binary(got) => assert!(got == frame, "a frame arrived changed"),
+                other => panic!("expected a binary frame, got {other:?}"),
+            }
+        }
+    };
+    let (_, flushed) = tokio::join!(read, client.flush());
+    flushed.unwrap();
+}
+
+#[test]
+fn trace_logs_of_a_realtime_session_show_no_token_or_client_key() {
+    const CLIENT_BEARER: &str = "sk-realtime-client-bearer-0123456789";
+    const BROWSER_KEY: &str = "sk-realtime-browser-key-0123456789";
+    let keyless = support::spawn_keyless(
+        &["--simulate", "--listen", "127.0.0.1:0"],
+        &[("KEYLESS_LOG", "trace")],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let bearer = format!("Bearer {CLIENT_BEARER}");
+        let protocols = format!("realtime, openai-insecure-api-key.{BROWSER_KEY}");
+        let (mut client, _) = connect_with(
+            &ws_url(&keyless.url(), "/v1/realtime?model=gpt-realtime"),
+            &[
+                ("authorization", bearer.as_str()),
+                ("sec-websocket-protocol", protocols.as_str()),
+            ],
+        )
+        .await
+        .expect("the upgrade succeeds");
+        let created = next_data(&mut client).await;
+        assert!(created.to_text().unwrap().contains("session.created"));
+        client.close(None).await.unwrap();
+        let _ = close_of(&mut client).await;
+    });
+    // The session's line is the last thing logged for it: once it is there, all is.
+    let deadline = Instant::now() + PATIENCE;
+    while !keyless.output().contains("realtime session") {
+        assert!(
+            Instant::now() < deadline,
+            "no session line:\n{}",
+            keyless.report()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = keyless.output();
+    assert!(
+        output.contains("TRACE") || output.contains("DEBUG"),
+        "trace logging is on"
+    );
+    for secret in [CLIENT_BEARER, BROWSER_KEY] {
+        assert!(
+            !output.contains(secret),
+            "{secret} is in the log:\n{output}"
+        );
+    }
+    // The simulator's tokens are `sim.<32 hex>...`.
+    let leaked = output.lines().find(|line| {
+        line.match_indices("sim.").any(|(at, _)| {
+            let rest = &line[at + 4..];
+            rest.len() >= 32 && rest[..32].bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    });
+    assert!(leaked.is_none(), "an Entra token is in the log: {leaked:?}");
+}
