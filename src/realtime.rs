@@ -676,11 +676,9 @@ where
         End::Upstream(Pumped::ReadFailed) | End::Client(Pumped::WriteFailed) => {
             stats.closed_by = "upstream_gone";
             stats.close_code = 1006;
-            // 1014, "Bad Gateway": a proxy lost its upstream.
-            let frame = close_frame(
-                CloseCode::from(1014),
-                "keyless: Azure's connection was lost",
-            );
+            // 1011 (an unexpected condition) rather than 1014 ("bad gateway"), which many
+            // WebSocket libraries, tungstenite among them, refuse as a reserved code.
+            let frame = close_frame(CloseCode::Error, "keyless: Azure's connection was lost");
             relay_close(&mut to_client, &mut from_client, Some(frame)).await;
         }
         End::Keyless(ending) => {

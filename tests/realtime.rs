@@ -380,6 +380,22 @@ async fn a_client_that_vanishes_closes_the_upstream_socket() {
     metrics_until(&proxy.base, "the session ends", |t| metric(t, OPEN) == 0.0).await;
 }
 
+#[tokio::test]
+async fn azure_vanishing_closes_the_client_with_1011() {
+    let (mock, mut sessions) = WsMock::handing().await;
+    let proxy = proxy_with(&mock, |_| {}).await;
+    let mut client = connect(&ws_url(&proxy.base, "/v1/realtime?model=gpt-realtime")).await;
+    let (upstream, _) = accepted(&mut sessions).await;
+    drop(upstream.into_inner());
+    let frame = close_of(&mut client).await.expect("a code");
+    assert_eq!(u16::from(frame.code), 1011, "{frame:?}");
+    assert_eq!(
+        frame.reason.as_str(),
+        "keyless: Azure's connection was lost"
+    );
+    metrics_until(&proxy.base, "the session ends", |t| metric(t, OPEN) == 0.0).await;
+}
+
 /// Tokens living `lifetime` from each acquisition, named `tok<n>`.
 struct ShortLived {
     calls: AtomicUsize,
