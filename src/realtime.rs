@@ -629,8 +629,13 @@ where
     let mut stats = SessionStats::default();
     let idle = async {
         loop {
-            let quiet_since = epoch + Duration::from_millis(last.load(Ordering::Relaxed));
-            let deadline = quiet_since + limits.idle;
+            // Saturating: a configured timeout of centuries must not overflow the clock.
+            let deadline = epoch
+                .checked_add(Duration::from_millis(last.load(Ordering::Relaxed)))
+                .and_then(|quiet_since| quiet_since.checked_add(limits.idle));
+            let Some(deadline) = deadline else {
+                return std::future::pending().await;
+            };
             if Instant::now() >= deadline {
                 return;
             }

@@ -242,6 +242,24 @@ async fn azure_style_paths_pass_through_unchanged() {
 }
 
 #[tokio::test]
+async fn the_responses_websocket_mode_takes_the_same_relay() {
+    let (mock, mut sessions) = WsMock::handing().await;
+    let proxy = proxy_with(&mock, |_| {}).await;
+    let mut client = connect(&ws_url(&proxy.base, "/v1/responses?x=1&api-key=k")).await;
+    let (mut upstream, seen) = accepted(&mut sessions).await;
+    assert_eq!(seen.path_and_query, "/openai/v1/responses?x=1");
+    assert_eq!(seen.header("authorization"), "Bearer test-token-0");
+    client
+        .send(Message::text(r#"{"type":"response.create"}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(&mut upstream).await,
+        Message::text(r#"{"type":"response.create"}"#)
+    );
+}
+
+#[tokio::test]
 async fn one_mib_binary_frames_text_and_pings_arrive_intact_both_ways() {
     let (mock, mut sessions) = WsMock::handing().await;
     let proxy = proxy_with(&mock, |_| {}).await;
