@@ -539,6 +539,41 @@ async fn a_session_past_its_maximum_length_is_closed_though_busy() {
 }
 
 #[tokio::test]
+async fn a_session_holds_its_deployments_concurrency_slot_until_it_ends() {
+    let (mock, mut sessions) = WsMock::handing().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyless.toml");
+    std::fs::write(
+        &config,
+        "[limits.deployments.rt-prod]\nmax_concurrent = 1\n",
+    )
+    .unwrap();
+    let proxy = proxy_with(&mock, |f| f.config = Some(config)).await;
+    let url = ws_url(&proxy.base, "/v1/realtime?model=gpt-realtime");
+    let mut first = connect(&url).await;
+    let (mut upstream, _) = accepted(&mut sessions).await;
+    // The slot is the first session's: a second is refused with keyless's 429.
+    let err = connect_with(&url, &[]).await.expect_err("refused");
+    let tungstenite::Error::Http(response) = err else {
+        panic!("an HTTP answer, got {err:?}")
+    };
+    assert_eq!(response.status(), 429);
+    let body = String::from_utf8(response.body().clone().unwrap_or_default()).unwrap();
+    assert!(body.contains("rate_limit_exceeded"), "{body}");
+    // Once it ends, the slot is free again.
+    first.close(None).await.unwrap();
+    let _ = close_of(&mut upstream).await;
+    metrics_until(&proxy.base, "the session ends", |t| metric(t, OPEN) == 0.0).await;
+    let _second = connect(&url).await;
+    let _ = accepted(&mut sessions).await;
+    assert_eq!(
+        mock.seen().len(),
+        2,
+        "the refused upgrade never reached Azure"
+    );
+}
+
+#[tokio::test]
 async fn azures_refusal_of_the_upgrade_reaches_the_client_as_it_came() {
     const BODY: &str = r#"{"error":{"code":"DeploymentNotFound","message":"The API deployment for this resource does not exist."}}"#;
     let mock = WsMock::refusing(404, BODY).await;
