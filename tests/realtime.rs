@@ -806,3 +806,51 @@ fn trace_logs_of_a_realtime_session_show_no_token_or_client_key() {
     });
     assert!(leaked.is_none(), "an Entra token is in the log: {leaked:?}");
 }
+
+#[tokio::test]
+async fn an_https_endpoint_is_reached_as_wss_with_the_ca_file_roots() {
+    // A TLS WebSocket upstream whose certificate a CA made here signed, handed to keyless
+    // by `ca_file`; it offers h2 first, as Azure does: the upgrade must still be HTTP/1.1.
+    let support::tls::TestTls { ca_pem, acceptor } =
+        support::tls::test_tls(&["localhost"], &[b"h2", b"http/1.1"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen_send, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let callback = |request: &tungstenite::handshake::server::Request,
+                        response: tungstenite::handshake::server::Response| {
+            let auth = request.headers().get("authorization").cloned();
+            let _ = seen_send.send((request.uri().to_string(), auth, alpn));
+            Ok(response)
+        };
+        let mut socket = tokio_tungstenite::accept_hdr_async(tls, callback)
+            .await
+            .unwrap();
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_text() {
+                socket.send(message).await.unwrap();
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let mut f = flags();
+    f.ca_file = Some(ca_file);
+    f.models.push(("gpt-realtime".into(), "rt-prod".into()));
+    let upstream = url::Url::parse(&format!("https://localhost:{port}")).unwrap();
+    let proxy = Proxy::start(f, &upstream, TestIdentity::ok()).await;
+    let mut client = connect(&ws_url(&proxy.base, "/v1/realtime?model=gpt-realtime")).await;
+    let (uri, auth, alpn) = tokio::time::timeout(PATIENCE, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(uri, "/openai/v1/realtime?model=rt-prod");
+    assert_eq!(auth.unwrap(), "Bearer test-token-0");
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]), "HTTP/1.1 over TLS");
+    client.send(Message::text("over tls")).await.unwrap();
+    assert_eq!(next_data(&mut client).await, Message::text("over tls"));
+}
