@@ -820,6 +820,8 @@ async fn an_https_endpoint_is_reached_as_wss_with_the_ca_file_roots() {
         let (tcp, _) = listener.accept().await.unwrap();
         let tls = acceptor.accept(tcp).await.unwrap();
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        // The library's callback type returns its (large) error response by value.
+        #[allow(clippy::result_large_err)]
         let callback = |request: &tungstenite::handshake::server::Request,
                         response: tungstenite::handshake::server::Response| {
             let auth = request.headers().get("authorization").cloned();
