@@ -64,6 +64,8 @@ pub struct App {
     traces: Option<Arc<Traces>>,
     /// Rate-limit budgets shared with other replicas through Redis.
     shared: Option<SharedLimits>,
+    /// WebSocket sessions (realtime); `None` answers upgrades with a 400.
+    realtime: Option<crate::realtime::Relay>,
 }
 
 /// Which listener a request came in on.
@@ -121,7 +123,14 @@ impl App {
             telemetry,
             shutdown,
             cut: CancellationToken::new(),
+            realtime: None,
         }
+    }
+
+    /// The same state, relaying WebSocket upgrades (realtime) through `relay`.
+    pub fn with_realtime(mut self, relay: crate::realtime::Relay) -> App {
+        self.realtime = Some(relay);
+        self
     }
 
     /// The same state with another upstream client: a worker's own.
@@ -316,6 +325,13 @@ impl App {
             let rows = self.telemetry.usage.render(app.as_ref().map(|a| &*a.name));
             return Ok(json(StatusCode::OK, rows.into()));
         }
+        // A WebSocket upgrade (realtime, or the Responses WebSocket mode): the same path
+        // rules and app keys, its own relay.
+        if crate::realtime::is_upgrade(req.headers())
+            && matches!(inbound, Inbound::OpenAi(_) | Inbound::Azure(_))
+        {
+            return self.realtime(inbound, req, app.as_ref(), record).await;
+        }
         let (mut parts, body) = req.into_parts();
         let uri = parts.uri.clone();
         let query = uri.query();
@@ -463,6 +479,145 @@ impl App {
         } else {
             Arc::from(same)
         }
+    }
+
+    /// A WebSocket upgrade: the backend from the model (`?model=`) or the Azure-style
+    /// path's deployment, its limiter, its URI, then the relay (`realtime.rs`). One
+    /// attempt: a session cannot be replayed once frames flowed, and Azure's refusal of
+    /// the upgrade goes to the client as it came.
+    async fn realtime(
+        &self,
+        inbound: Inbound<'_>,
+        req: Request<Incoming>,
+        app: Option<&Arc<crate::apps::App>>,
+        record: &mut Record,
+    ) -> Result<Response<Body>, Error> {
+        use crate::realtime;
+        let Some(relay) = &self.realtime else {
+            return Err(Error::BadRequest(
+                "keyless does not relay WebSocket upgrades here".into(),
+            ));
+        };
+        let (mut parts, _body) = req.into_parts();
+        let uri = parts.uri.clone();
+        let query = uri.query();
+        let (path, backends) = match inbound {
+            Inbound::OpenAi(op) if op.path == "realtime" => {
+                record.route = "realtime";
+                let model = realtime::query_value(query, "model");
+                let backends = match (&model, self.config.api) {
+                    (Some(model), _) => self.backends_for(op, Some(model))?,
+                    (None, ApiStyle::V1) => self.router.passthrough(),
+                    (None, ApiStyle::Deployments) => match &self.config.default_deployment {
+                        Some(d) => self.router.on_default(d),
+                        None => {
+                            return Err(Error::BadRequest(
+                                "you must provide a model parameter".into(),
+                            ));
+                        }
+                    },
+                };
+                (None, backends)
+            }
+            Inbound::OpenAi(op) => (Some(UpstreamPath::Op(op)), self.backends_for(op, None)?),
+            Inbound::Azure(path) => {
+                if matches!(
+                    path.trim_end_matches('/'),
+                    "/openai/v1/realtime" | "/openai/realtime"
+                ) {
+                    record.route = "realtime";
+                }
+                let backends = match realtime::azure_deployment(path, query) {
+                    Some(d) => {
+                        route::check_name("deployment", &d)?;
+                        self.router.on_default(&d)
+                    }
+                    None => self.router.passthrough(),
+                };
+                (Some(UpstreamPath::Verbatim(path)), backends)
+            }
+            _ => return Err(not_found(&parts.method, uri.path())),
+        };
+        if let Some(app) = app {
+            // The model a session names (or the deployment of an Azure-style path) is
+            // what the app's allowlist holds; a session counts as one request.
+            let named = match inbound {
+                Inbound::OpenAi(_) => realtime::query_value(query, "model"),
+                _ => realtime::azure_deployment(uri.path(), query),
+            };
+            app.allows(named.as_deref())?;
+            if app.has_quotas() {
+                let decided = match &self.shared {
+                    Some(shared) => app.admit_shared(0, shared).await,
+                    None => app.admit(0),
+                };
+                match decided {
+                    Ok(standing) => record.standing = Some(standing),
+                    Err(refused) => {
+                        record.standing = Some(refused.standing);
+                        return Err(refused.error);
+                    }
+                }
+            }
+        }
+        let index = match backend::pick(&backends, 0, Instant::now(), true, &mut rand::rng()) {
+            Pick::Use(i) => i,
+            _ => match backend::pick(&backends, 0, Instant::now(), false, &mut rand::rng()) {
+                Pick::Use(i) => i,
+                Pick::Wait(wait) | Pick::Refuse(wait) => {
+                    return Err(Error::RateLimited {
+                        limit: "backend cool-down",
+                        retry_after: wait,
+                    });
+                }
+                Pick::None => return Err(Error::UpstreamUnreachable("no backend".into())),
+            },
+        };
+        let backend = &backends[index];
+        let deployment = &backend.deployment;
+        // The session holds its concurrency slot until it ends.
+        record.permit = self
+            .admit(backend, 0)
+            .await
+            .map_err(|rejected| Error::RateLimited {
+                limit: rejected.limit,
+                retry_after: rejected.retry_after,
+            })?;
+        let endpoint = &deployment.upstream.endpoint;
+        let name = deployment.name.as_deref();
+        let (base, version) = (&endpoint.base_path, &self.config.api_version);
+        let pq = match path {
+            None => realtime::upstream_path(base, self.config.api, name, version, query)?,
+            Some(path) => {
+                let query = realtime::without_keys(query);
+                match path {
+                    UpstreamPath::Op(op) => route::upstream_path(
+                        base,
+                        self.config.api,
+                        op,
+                        name,
+                        version,
+                        query.as_deref(),
+                    )?,
+                    UpstreamPath::Verbatim(path) => route::azure_path(base, path, query.as_deref()),
+                }
+            }
+        };
+        let upstream_uri = endpoint.uri(pq)?;
+        record.attempts = 1;
+        record.backend = Some(backend.name.clone());
+        record.backend_label = Some(backend.label.clone());
+        record.deployment = deployment.name.clone();
+        record.deployment_label = deployment.name.as_ref().map(|_| deployment.label.clone());
+        realtime::open(
+            relay,
+            &mut parts,
+            &upstream_uri,
+            &deployment.upstream.tokens,
+            record,
+            self.cut.clone(),
+        )
+        .await
     }
 
     /// The backends for a model (or for a request without one).

@@ -121,6 +121,13 @@ pub struct Flags {
     /// kubelet can reach them while the proxy stays on loopback.
     #[arg(long, env = "KEYLESS_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// Longest silence (no frame either way) of a realtime WebSocket session before
+    /// keyless closes it [default: 10m].
+    #[arg(long, env = "KEYLESS_REALTIME_IDLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub realtime_idle_timeout: Option<Duration>,
+    /// Longest realtime WebSocket session; keyless closes it then [default: 2h].
+    #[arg(long, env = "KEYLESS_REALTIME_MAX_SESSION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub realtime_max_session: Option<Duration>,
     /// How long requests and streams in flight may run on after SIGTERM [default: 30s].
     #[arg(long, env = "KEYLESS_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -188,6 +195,10 @@ struct RawConfig {
     admin_listen: Option<SocketAddr>,
     #[serde(default, with = "opt_duration")]
     shutdown_grace: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    realtime_idle_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    realtime_max_session: Option<Duration>,
     ca_file: Option<PathBuf>,
     workers: Option<usize>,
     retry: Option<RawRetry>,
@@ -308,6 +319,8 @@ const KNOWN_KEYS: &[&str] = &[
     "log_format",
     "admin_listen",
     "shutdown_grace",
+    "realtime_idle_timeout",
+    "realtime_max_session",
     "ca_file",
     "workers",
     "retry",
@@ -353,6 +366,25 @@ pub struct Timeouts {
     pub idle: Duration,
     /// One token acquisition.
     pub token: Duration,
+}
+
+/// Limits of realtime WebSocket sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RealtimeLimits {
+    /// Longest silence, no frame either way, before keyless closes the session.
+    pub idle: Duration,
+    /// Longest session.
+    pub max_session: Duration,
+}
+
+impl Default for RealtimeLimits {
+    /// Generous, as a voice session can listen for long: 10 minutes idle, 2 hours in all.
+    fn default() -> RealtimeLimits {
+        RealtimeLimits {
+            idle: Duration::from_secs(600),
+            max_session: Duration::from_secs(2 * 3600),
+        }
+    }
 }
 
 /// One app of a shared gateway (`[[apps]]`): who it is, what it may use, how fast.
@@ -593,6 +625,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Time given to requests in flight at shutdown.
     pub shutdown_grace: Duration,
+    /// Realtime session limits.
+    pub realtime: RealtimeLimits,
     /// Extra CA certificates to trust for Azure.
     pub ca_file: Option<PathBuf>,
     /// Threads serving the proxy's connections.
@@ -901,7 +935,20 @@ impl Config {
         if connections.max == Some(0) {
             problems.push("connections.max must be at least 1".to_owned());
         }
+        let realtime_defaults = RealtimeLimits::default();
+        let realtime = RealtimeLimits {
+            idle: flags
+                .realtime_idle_timeout
+                .or(raw.realtime_idle_timeout)
+                .unwrap_or(realtime_defaults.idle),
+            max_session: flags
+                .realtime_max_session
+                .or(raw.realtime_max_session)
+                .unwrap_or(realtime_defaults.max_session),
+        };
         for (name, value) in [
+            ("realtime_idle_timeout", realtime.idle),
+            ("realtime_max_session", realtime.max_session),
             ("connections.header_timeout", connections.header_timeout),
             ("connections.idle_timeout", connections.idle_timeout),
             (
@@ -949,6 +996,7 @@ impl Config {
                     .shutdown_grace
                     .or(raw.shutdown_grace)
                     .unwrap_or(Duration::from_secs(30)),
+                realtime,
                 log_format: flags.log_format.or(raw.log_format).unwrap_or_default(),
             }),
             _ => Err(ConfigError(problems)),
@@ -1364,6 +1412,41 @@ b = []
         ] {
             assert!(text.contains(at), "{at} in {text}");
         }
+    }
+
+    #[test]
+    fn realtime_limits_default_parse_and_must_be_positive() {
+        let c = Config::merge(&flags(), RawConfig::default()).unwrap();
+        assert_eq!(c.realtime.idle, Duration::from_secs(600));
+        assert_eq!(c.realtime.max_session, Duration::from_secs(7200));
+        let raw = parse_file("realtime_idle_timeout = \"45s\"\nrealtime_max_session = \"30m\"\n")
+            .unwrap();
+        let c = Config::merge(&flags(), raw).unwrap();
+        assert_eq!(c.realtime.idle, Duration::from_secs(45));
+        assert_eq!(c.realtime.max_session, Duration::from_secs(1800));
+        let f = Flags {
+            realtime_idle_timeout: Some(Duration::from_secs(5)),
+            ..flags()
+        };
+        assert_eq!(
+            Config::merge(&f, RawConfig::default())
+                .unwrap()
+                .realtime
+                .idle,
+            Duration::from_secs(5),
+            "the flag wins"
+        );
+        let raw =
+            parse_file("realtime_idle_timeout = \"0s\"\nrealtime_max_session = \"0s\"\n").unwrap();
+        let err = Config::merge(&flags(), raw).unwrap_err().to_string();
+        assert!(
+            err.contains("realtime_idle_timeout must be positive"),
+            "{err}"
+        );
+        assert!(
+            err.contains("realtime_max_session must be positive"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod limit;
 pub mod model;
 pub mod otel;
 mod prepare;
+pub mod realtime;
 pub mod retry;
 pub mod rewrite;
 pub mod route;
@@ -182,6 +183,16 @@ pub async fn run_with_identity(
     let grace = config.shutdown_grace;
     let workers = config.workers;
     let bounds = config.connections;
+    // WebSocket sessions outlive their connection in hyper's eyes: the drain waits on
+    // this tracker for them, and they close (1001) when the grace is over.
+    let sessions = TaskTracker::new();
+    let relay = realtime::Relay::new(
+        tls.clone(),
+        sessions.clone(),
+        config.realtime,
+        connect_timeout,
+        config.timeouts.response,
+    );
     // Started here, on the runtime that outlives the server: gRPC's channel runs on it.
     let traces = match &config.otlp {
         Some(settings) => Some(otel::Traces::start(settings).map_err(StartError::Invalid)?),
@@ -214,13 +225,15 @@ pub async fn run_with_identity(
         |_| {
             let app = app
                 .with_client(upstream::client_with(connect_timeout, tls.clone()))
-                .with_cut(cut.clone());
+                .with_cut(cut.clone())
+                .with_realtime(relay.clone());
             service(Arc::new(app), app::Listener::Main)
         },
         bounds,
         shutdown.clone(),
         grace,
         cut.clone(),
+        sessions,
         "proxy",
     )
     .await;

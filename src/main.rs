@@ -242,6 +242,12 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("KEYLESS_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // tungstenite traces each WebSocket upgrade request whole, the Entra bearer included:
+    // its trace level stays off whatever KEYLESS_LOG asks.
+    let filter = match "tungstenite=debug".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     use std::io::IsTerminal;
     // Colours only for a person at a terminal: never in journald, `docker logs` or files.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();

@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Connections;
 
@@ -82,6 +83,7 @@ pub async fn serve_with<S, B>(
         shutdown,
         grace,
         cut,
+        TaskTracker::new(),
         name,
     )
     .await;
@@ -93,6 +95,9 @@ pub async fn serve_with<S, B>(
 const RESERVED_DESCRIPTORS: u64 = 64;
 /// The most client connections served at once per listener, whatever the limit allows.
 const MAX_CONNECTIONS: usize = 16_384;
+/// How long upgraded connections (WebSocket sessions) may take, once the grace is over and
+/// they were told to close, to send their close frames before the worker stops.
+const UPGRADED_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// The cap on concurrent client connections: beyond it a new connection is closed at once,
 /// so the listener's backlog never fills and `/healthz` (and the admin listener) keep
@@ -228,6 +233,10 @@ impl Source {
     }
 }
 
+/// `upgraded` tracks the sessions of upgraded connections (WebSocket): hyper hands their
+/// socket over and forgets the connection, so the drain waits for them separately, within
+/// the same grace; they close themselves when `cut` fires.
+#[allow(clippy::too_many_arguments)]
 async fn serve_from<S, B>(
     mut source: Source,
     service: S,
@@ -235,6 +244,7 @@ async fn serve_from<S, B>(
     shutdown: CancellationToken,
     grace: Duration,
     cut: CancellationToken,
+    upgraded: TaskTracker,
     name: &'static str,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -332,7 +342,8 @@ async fn serve_from<S, B>(
                     }
                 })
             };
-            let connection = builder.serve_connection(TokioIo::new(stream), tracked);
+            // With upgrades: a WebSocket handshake (realtime) gets its socket handed over.
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), tracked);
             let mut connection = std::pin::pin!(connection);
             let mut closing = false;
             loop {
@@ -360,7 +371,12 @@ async fn serve_from<S, B>(
     // Refuse new connections at once, then give the ones in flight their grace.
     drop(source);
     tracing::info!(name, "listener closed: draining");
-    let drained = async { while connections.join_next().await.is_some() {} };
+    // Closed, so that `wait` ends once the sessions open now have ended.
+    upgraded.close();
+    let drained = async {
+        while connections.join_next().await.is_some() {}
+        upgraded.wait().await;
+    };
     tokio::select! {
         () = drained => tracing::info!(name, "all connections finished"),
         () = tokio::time::sleep(grace) => tracing::warn!(name, ?grace, "grace period over, closing the connections left"),
@@ -368,6 +384,13 @@ async fn serve_from<S, B>(
     // Before the cut: a request ended by it is logged as cut by shutdown.
     cut.cancel();
     connections.shutdown().await;
+    // Sessions close both their sockets (1001) at the cut: give them the time to say so.
+    if tokio::time::timeout(UPGRADED_CLOSE_WAIT, upgraded.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(name, "upgraded sessions did not close in time");
+    }
 }
 
 /// The requests in flight on one connection, and since when it has had none: the
@@ -442,6 +465,7 @@ pub async fn serve_on_workers<S, B>(
     shutdown: CancellationToken,
     grace: Duration,
     cut: CancellationToken,
+    upgraded: TaskTracker,
     name: &'static str,
 ) -> Result<(), String>
 where
@@ -462,6 +486,7 @@ where
         let service = make(i);
         let shutdown = shutdown.clone();
         let cut = cut.clone();
+        let upgraded = upgraded.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("keyless-{name}-{i}"))
             .spawn(move || {
@@ -482,6 +507,7 @@ where
                     shutdown,
                     grace,
                     cut,
+                    upgraded,
                     name,
                 ));
                 // Idle upstream connections and timers end with the runtime.

@@ -254,6 +254,8 @@ pub struct Telemetry {
     pub usage: UsageBook,
     /// The GenAI conventions' metrics.
     pub gen_ai: GenAi,
+    /// Realtime (WebSocket) sessions open.
+    pub open_sessions: Gauge,
     /// The label value for "none", made once rather than per request.
     empty_label: Arc<str>,
 }
@@ -299,6 +301,7 @@ impl Telemetry {
             "Time from request to the first byte of a streamed answer",
             first_token.clone(),
         );
+        let open_sessions = Gauge::default();
         registry.register("requests", "Requests answered", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -330,6 +333,11 @@ impl Telemetry {
             "Server-sent event responses open",
             open_streams.clone(),
         );
+        registry.register(
+            "realtime_sessions_open",
+            "Realtime WebSocket sessions open",
+            open_sessions.clone(),
+        );
         registry.register_collector(Box::new(TokenCollector { tokens }));
         Telemetry {
             registry,
@@ -344,6 +352,7 @@ impl Telemetry {
             first_token,
             usage: UsageBook::new(),
             gen_ai: GenAi::new(),
+            open_sessions,
             empty_label: Arc::from(""),
         }
     }
@@ -426,6 +435,21 @@ impl Collector for TokenCollector {
     }
 }
 
+/// What a realtime session adds to its request's log line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Payload bytes of the frames the client sent (and keyless relayed).
+    pub bytes_from_client: u64,
+    /// Payload bytes of the frames Azure sent (and keyless relayed).
+    pub bytes_to_client: u64,
+    /// The close code that ended the session (the one relayed, or keyless's own); 1005
+    /// when a close frame carried none, 1006 when a side vanished without one.
+    pub close_code: u16,
+    /// Who ended it: `client`, `upstream`, `client_gone`, `upstream_gone`, `idle_timeout`,
+    /// `max_session` or `shutdown`.
+    pub closed_by: &'static str,
+}
+
 /// One request's record: made first, before anything can fail, and finished once: when
 /// its response body ends, or when it is dropped (the client left before the head, or
 /// hyper dropped the body), so that every request is logged and counted and the
@@ -479,6 +503,9 @@ pub struct Record {
     pub operation: Option<&'static str>,
     /// Fired when the shutdown grace is over: a body cut then was cut by keyless.
     cut: Option<tokio_util::sync::CancellationToken>,
+    /// A realtime session's counts, once the upgrade succeeded (counted in
+    /// `open_sessions` until the record ends).
+    session: Option<SessionStats>,
     done: bool,
 }
 
@@ -521,8 +548,71 @@ impl Record {
             region: None,
             operation: None,
             cut: None,
+            session: None,
             done: false,
         }
+    }
+
+    /// Moves the record out, leaving a finished husk: for a request that lives on after
+    /// its handler returned (a WebSocket session, logged when it ends). The husk counts
+    /// and logs nothing.
+    pub fn take(&mut self) -> Record {
+        let taken = Record {
+            telemetry: self.telemetry.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            route: self.route,
+            request_id: self.request_id.clone(),
+            deployment: self.deployment.clone(),
+            deployment_label: self.deployment_label.clone(),
+            backend: self.backend.clone(),
+            backend_label: self.backend_label.clone(),
+            attempts: self.attempts,
+            status: self.status,
+            error: self.error.take(),
+            upstream_request_id: self.upstream_request_id.clone(),
+            started: self.started,
+            stream: std::mem::take(&mut self.stream),
+            permit: std::mem::take(&mut self.permit),
+            app: self.app.clone(),
+            model_label: self.model_label.clone(),
+            standing: self.standing.take(),
+            span: self.span.take(),
+            request_model: self.request_model.take(),
+            region: self.region.take(),
+            operation: self.operation,
+            cut: self.cut.clone(),
+            session: self.session.take(),
+            done: false,
+        };
+        self.done = true;
+        taken
+    }
+
+    /// Marks the request as an open realtime session (counted in `open_sessions`).
+    pub fn session_opened(&mut self) {
+        if self.session.is_none() {
+            self.session = Some(SessionStats::default());
+            self.telemetry.open_sessions.inc();
+        }
+    }
+
+    /// Counts and logs a realtime session now that it is over.
+    pub fn finish_session(mut self, stats: SessionStats) {
+        if self.session.is_some() {
+            self.session = Some(stats);
+        }
+        let bytes = self
+            .session
+            .as_ref()
+            .map_or(0, |s| s.bytes_from_client + s.bytes_to_client);
+        self.complete(Ended {
+            bytes,
+            end: End::Complete,
+            first_byte: None,
+            usage: None,
+            response_model: None,
+        });
     }
 
     /// Tells the record which token marks the end of the shutdown grace.
@@ -690,6 +780,28 @@ impl Record {
         let (prompt_tokens, completion_tokens, total_tokens) = (u.prompt, u.completion, u.total);
         let (cached_tokens, reasoning_tokens) = (u.cached, u.reasoning);
         let app = &*app;
+        if let Some(session) = &self.session {
+            telemetry.open_sessions.dec();
+            let duration_ms = elapsed.as_secs_f64() * 1000.0;
+            let request_id = self.request_id.to_str().unwrap_or("-");
+            tracing::info!(
+                route = self.route,
+                path = self.path.as_str(),
+                deployment = self.deployment.as_deref().unwrap_or("-"),
+                backend = self.backend.as_deref().unwrap_or("-"),
+                status,
+                duration_ms,
+                bytes_from_client = session.bytes_from_client,
+                bytes_to_client = session.bytes_to_client,
+                close_code = session.close_code,
+                closed_by = session.closed_by,
+                request_id,
+                upstream_request_id = self.upstream_request_id.as_deref().unwrap_or("-"),
+                "realtime session"
+            );
+            self.permit = Permit::default();
+            return;
+        }
         let cut = self.cut.as_ref().is_some_and(|t| t.is_cancelled());
         let outcome = match &end {
             End::Complete => "complete",

@@ -343,3 +343,243 @@ fn python_sdk_with_app_keys() {
 fn node_sdk_with_app_keys() {
     run_apps_client(Sdk::Node);
 }
+
+// ---- Realtime (issue 13) ---------------------------------------------------------------
+//
+// tests/sdk/python_realtime.py (`client.realtime.connect`, and AzureOpenAI on the dated
+// path) and tests/sdk/node_realtime.mjs (`OpenAIRealtimeWebSocket`, which sends its key as
+// a subprotocol) through keyless, against `--simulate` and against a WebSocket mock that
+// checks what reached it.
+
+/// The realtime model the scripts ask for, and the deployment keyless maps it to.
+const REALTIME_MODEL: &str = "gpt-realtime";
+
+/// Runs a realtime script against `keyless`; the upstream session must name `deployment`.
+#[track_caller]
+fn run_realtime(sdk: Sdk, keyless: &KeylessProcess, deployment: &str, audio: bool) {
+    sdks_installed();
+    let dir = sdk_dir();
+    let mut command = match sdk {
+        Sdk::Python => {
+            let mut c = Command::new(dir.join(".venv").join("bin").join("python"));
+            c.arg(dir.join("python_realtime.py"));
+            c
+        }
+        Sdk::Node => {
+            let mut c = Command::new("node");
+            c.arg(dir.join("node_realtime.mjs"));
+            c
+        }
+    };
+    command
+        .arg(keyless.url())
+        .args(["--deployment", deployment]);
+    if audio {
+        command.arg("--audio");
+    }
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let lower = name.to_ascii_lowercase();
+        if name.starts_with("OPENAI_") || name.starts_with("AZURE_") || lower.ends_with("_proxy") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(&dir);
+    let finished = support::run_with_timeout(command, SCRIPT_TIMEOUT);
+    assert!(
+        finished.success(),
+        "the {sdk:?} SDK realtime client failed against {}: {}\n{}",
+        keyless.url(),
+        finished.report(),
+        keyless.report(),
+    );
+}
+
+fn realtime_simulated() -> KeylessProcess {
+    let mapping = format!("{REALTIME_MODEL}=rt-sim");
+    spawn_keyless(
+        &["--simulate", "--listen", "127.0.0.1:0", "--model", &mapping],
+        &[],
+    )
+}
+
+#[test]
+fn python_realtime_through_simulate() {
+    let keyless = realtime_simulated();
+    run_realtime(Sdk::Python, &keyless, "rt-sim", true);
+}
+
+#[test]
+fn node_realtime_through_simulate() {
+    let keyless = realtime_simulated();
+    run_realtime(Sdk::Node, &keyless, "rt-sim", true);
+}
+
+/// Answers a realtime session as Azure would, briefly: `session.created` naming the
+/// deployment from the URL, `session.updated`, and a two-delta text response.
+async fn scripted_realtime(mut socket: support::ws::Upstream, handshake: support::ws::Handshake) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let query = handshake
+        .path_and_query
+        .split_once('?')
+        .map_or("", |(_, q)| q)
+        .to_owned();
+    let deployment = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "model" || k == "deployment")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let mut session = serde_json::json!({
+        "type": "realtime", "object": "realtime.session", "id": "sess_mock",
+        "model": deployment, "instructions": "", "output_modalities": ["audio"],
+    });
+    let event = |kind: &str, mut fields: serde_json::Value| {
+        fields["type"] = kind.into();
+        fields["event_id"] = format!("event_{kind}").into();
+        Message::text(fields.to_string())
+    };
+    let created = event("session.created", serde_json::json!({ "session": session }));
+    if socket.send(created).await.is_err() {
+        return;
+    }
+    while let Some(Ok(Message::Text(text))) = socket.next().await {
+        let Ok(client) = serde_json::from_str::<serde_json::Value>(text.as_str()) else {
+            continue;
+        };
+        let response =
+            serde_json::json!({ "object": "realtime.response", "id": "resp_mock", "output": [] });
+        let ids = serde_json::json!({ "response_id": "resp_mock", "item_id": "item_mock", "output_index": 0, "content_index": 0 });
+        let with = |mut fields: serde_json::Value| {
+            for (k, v) in ids.as_object().into_iter().flatten() {
+                fields[k] = v.clone();
+            }
+            fields
+        };
+        let answers = match client["type"].as_str().unwrap_or("") {
+            "session.update" => {
+                for (k, v) in client["session"].as_object().into_iter().flatten() {
+                    session[k] = v.clone();
+                }
+                vec![event(
+                    "session.updated",
+                    serde_json::json!({ "session": session }),
+                )]
+            }
+            "conversation.item.create" => vec![event(
+                "conversation.item.added",
+                serde_json::json!({ "item": client["item"], "previous_item_id": null }),
+            )],
+            "response.create" => {
+                let mut done = response.clone();
+                done["status"] = "completed".into();
+                let mut started = response.clone();
+                started["status"] = "in_progress".into();
+                vec![
+                    event(
+                        "response.created",
+                        serde_json::json!({ "response": started }),
+                    ),
+                    event(
+                        "response.output_text.delta",
+                        with(serde_json::json!({ "delta": "Hello " })),
+                    ),
+                    event(
+                        "response.output_text.delta",
+                        with(serde_json::json!({ "delta": "from the mock." })),
+                    ),
+                    event(
+                        "response.output_text.done",
+                        with(serde_json::json!({ "text": "Hello from the mock." })),
+                    ),
+                    event("response.done", serde_json::json!({ "response": done })),
+                ]
+            }
+            _ => Vec::new(),
+        };
+        for answer in answers {
+            if socket.send(answer).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// keyless (real managed identity credential, against a fake identity endpoint) in front
+/// of a scripted WebSocket mock; runs the `sdk` script, then checks every upgrade that
+/// reached the mock: `paths`, the Entra bearer, no client key anywhere.
+fn realtime_through_the_mock(sdk: Sdk, paths: &[&str]) {
+    const SECRET: &str = "realtime-identity-secret";
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mock, identity) = runtime.block_on(async {
+        let (mock, mut sessions) = support::ws::WsMock::handing().await;
+        tokio::spawn(async move {
+            while let Some((socket, handshake)) = sessions.recv().await {
+                tokio::spawn(scripted_realtime(socket, handshake));
+            }
+        });
+        let identity = support::identity::FakeIdentity::start(SECRET, Duration::ZERO, |n| {
+            format!("mi-token-{n}")
+        })
+        .await;
+        (mock, identity)
+    });
+    let endpoint = mock.url.to_string();
+    let mapping = format!("{REALTIME_MODEL}=rt-mock");
+    let keyless = spawn_keyless(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--endpoint",
+            &endpoint,
+            "--credential",
+            "managed-identity",
+            "--model",
+            &mapping,
+        ],
+        &[
+            ("IDENTITY_ENDPOINT", &identity.url),
+            ("IDENTITY_HEADER", SECRET),
+        ],
+    );
+    run_realtime(sdk, &keyless, "rt-mock", false);
+    let seen = mock.seen();
+    let reached: Vec<&str> = seen.iter().map(|h| h.path_and_query.as_str()).collect();
+    assert_eq!(reached, paths, "{}", keyless.report());
+    for handshake in &seen {
+        assert_eq!(
+            handshake.header("authorization"),
+            "Bearer mi-token-0",
+            "{handshake:?}"
+        );
+        assert_eq!(handshake.header("api-key"), "");
+        let all = format!("{handshake:?}");
+        for key in ["sk-unused", "azure-client-key", "openai-insecure-api-key"] {
+            assert!(!all.contains(key), "{key} reached Azure: {all}");
+        }
+    }
+    drop(keyless);
+    drop(mock);
+    runtime.shutdown_background();
+}
+
+#[test]
+fn python_realtime_through_the_mock() {
+    realtime_through_the_mock(
+        Sdk::Python,
+        &[
+            "/openai/v1/realtime?model=rt-mock",
+            "/openai/realtime?api-version=2025-04-01-preview&deployment=rt-mock",
+        ],
+    );
+}
+
+#[test]
+fn node_realtime_through_the_mock() {
+    realtime_through_the_mock(Sdk::Node, &["/openai/v1/realtime?model=rt-mock"]);
+}

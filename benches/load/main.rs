@@ -34,6 +34,7 @@ mod heap;
 mod instructions;
 mod procs;
 mod profile;
+mod realtime;
 mod report;
 mod streams;
 mod wrk;
@@ -250,6 +251,8 @@ pub struct Results {
     /// User-space instructions a request of nginx, keyless, and keyless with app keys
     /// and usage accounting (callgrind), by the row's name.
     pub instructions: Vec<(&'static str, instructions::Count)>,
+    /// Realtime sessions, direct and through keyless.
+    pub realtime: Option<realtime::Results>,
     /// Problems that invalidate figures (errors answered, servers failing).
     pub problems: Vec<String>,
     /// Share of the machine busy just before the run started.
@@ -757,6 +760,38 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
         std::thread::sleep(Duration::from_millis(500));
     }
     stream_keyless.check_alive()?;
+    // Realtime: 200 sessions of 20 ms audio-sized frames, direct and through a keyless of
+    // its own (in front of an echoing WebSocket mock).
+    let realtime_spec = realtime::Spec {
+        sessions: 200,
+        interval: Duration::from_millis(20),
+        frame_bytes: 1024,
+        duration: Duration::from_secs(
+            std::env::var("KEYLESS_BENCH_RT_SECONDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(if plan.smoke { 2 } else { 10 }),
+        ),
+    };
+    let realtime = realtime::run(&realtime_spec, &keyless_bin, sim_addr, &secret, dir.path())?;
+    println!(
+        "load bench: realtime {} sessions: direct {}/{} ok, keyless {}/{} ok, round trip p50 {:.3} / {:.3} ms, p99 {:.3} / {:.3} ms, added p99 {:.3} ms, {:.1} us CPU a frame, {:.1} KiB a session idle",
+        realtime_spec.sessions,
+        realtime.direct.completed,
+        realtime.direct.sessions,
+        realtime.keyless.completed,
+        realtime.keyless.sessions,
+        report::percentile(&realtime.direct.rtt_us, 50.0) / 1000.0,
+        report::percentile(&realtime.keyless.rtt_us, 50.0) / 1000.0,
+        report::percentile(&realtime.direct.rtt_us, 99.0) / 1000.0,
+        report::percentile(&realtime.keyless.rtt_us, 99.0) / 1000.0,
+        realtime.added_us(99.0) / 1000.0,
+        realtime.cpu_us_per_frame(),
+        realtime
+            .per_session_kib(realtime.rss_idle_kib)
+            .unwrap_or(f64::NAN),
+    );
+    problems.extend(realtime.problems.iter().cloned());
     // The heap at its peak, for the memory target: a keyless of its own, since heaptrack
     // slows it and would skew every figure above.
     let heap = match (procs::which("heaptrack"), plan.profile) {
@@ -801,6 +836,7 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
         profiles,
         instructions,
         heap,
+        realtime: Some(realtime),
         problems,
         busy_at_start,
     })

@@ -239,6 +239,9 @@ pub fn markdown(results: &Results, image: &str) -> String {
     targets(&mut out, results);
     requests(&mut out, results);
     streams(&mut out, results);
+    if let Some(realtime) = &results.realtime {
+        crate::realtime::markdown(&mut out, realtime);
+    }
 
     let _ = writeln!(out, "## Latency distribution\n");
     let _ = writeln!(

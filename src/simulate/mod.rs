@@ -46,6 +46,7 @@ mod identity;
 mod images;
 mod knobs;
 mod models;
+mod realtime;
 mod responses;
 mod schema;
 mod sse;
@@ -218,13 +219,15 @@ async fn run(listener: TcpListener, state: Arc<State>, shutdown: CancellationTok
 
 /// One request: route, authenticate, apply the knobs, answer.
 async fn handle(state: &State, req: http::Request<Incoming>) -> Response<Body> {
-    // The realtime WebSocket endpoint goes here, with the whole request (an upgrade needs
-    // it): one `if` that hands `req` to a `realtime` module, before the HTTP routes.
-    let (parts, body) = req.into_parts();
-    let path = parts.uri.path();
-    if path == "/msi/token" {
+    let (mut parts, body) = req.into_parts();
+    if parts.uri.path() == "/msi/token" {
         return identity::msi_token(state, &parts);
     }
+    // The realtime WebSocket endpoint, with the whole request (an upgrade needs it).
+    if let Some(answer) = realtime::answer(state, &mut parts) {
+        return answer;
+    }
+    let path = parts.uri.path();
     // Generated images are fetched like Azure's blob URLs: the URL is the credential.
     if let Some(name) = path.strip_prefix(images::URL_PREFIX) {
         return images::serve(state, &parts.method, name);

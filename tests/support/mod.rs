@@ -14,6 +14,7 @@ pub mod mock;
 pub mod redis;
 pub mod running;
 pub mod tls;
+pub mod ws;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
