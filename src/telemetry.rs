@@ -118,6 +118,22 @@ pub struct GenAi {
     pub time_to_first_token: Family<GenAiLabels, Histogram>,
 }
 
+/// The conventions' advice for `gen_ai.client.operation.duration`: 10 ms to 82 s.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
+
+/// The conventions' advice for `gen_ai.server.time_to_first_token`.
+fn first_token_histogram() -> Histogram {
+    Histogram::new(
+        [
+            0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+            10.0,
+        ]
+        .into_iter(),
+    )
+}
+
 fn token_histogram() -> Histogram {
     // The conventions' advice: 1, 4, 16, ... 67,108,864 tokens.
     Histogram::new(exponential_buckets(1.0, 4.0, 14))
@@ -131,10 +147,10 @@ impl GenAi {
             token_histogram as fn() -> Histogram,
         );
         let operation_duration = Family::<GenAiLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
+            duration_histogram as fn() -> Histogram,
         );
         let time_to_first_token = Family::<GenAiLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
+            first_token_histogram as fn() -> Histogram,
         );
         registry.register(
             "gen_ai_client_token_usage",

@@ -218,7 +218,9 @@ async fn metrics_stay_bounded_under_distinct_model_names() {
         }
     }
     let m = metrics(&url).await;
-    assert!(m.len() < 512 * 1024, "/metrics is {} bytes", m.len());
+    // Bounded whatever the names: 64 learned deployments' series (keyless's and the GenAI
+    // conventions' histograms) come to about half a megabyte; the probe saw 312 MB.
+    assert!(m.len() < 1024 * 1024, "/metrics is {} bytes", m.len());
     assert!(m.contains(r#"deployment="other""#));
     let labelled: std::collections::HashSet<&str> = m
         .lines()
