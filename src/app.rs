@@ -338,6 +338,8 @@ impl App {
         // The model the client named (the deployment, for Azure-style paths naming one):
         // what an app's allowlist is checked against.
         let client_model: Option<String>;
+        // Kept only when an allowlist or a trace needs it: a copy a request otherwise.
+        let want_model = app.is_some() || record.span.is_some();
         let (mut destination, mut prepared) = match inbound {
             Inbound::Health
             | Inbound::Ready
@@ -376,7 +378,9 @@ impl App {
                     },
                 };
                 let backends = self.stored_response(op, &prepared, backends);
-                client_model = named.or_else(|| prepared.model.as_ref().map(|m| m.name.clone()));
+                client_model = want_model
+                    .then(|| named.or_else(|| prepared.model.as_ref().map(|m| m.name.clone())))
+                    .flatten();
                 let destination = Destination {
                     path: UpstreamPath::Verbatim(path),
                     op,
@@ -403,7 +407,7 @@ impl App {
                 record.model_label = model
                     .filter(|m| self.config.models.contains_key(*m))
                     .map(Arc::from);
-                client_model = model.map(str::to_owned);
+                client_model = want_model.then(|| model.map(str::to_owned)).flatten();
                 let destination = Destination {
                     path: UpstreamPath::Op(op),
                     op: op.path,
@@ -416,7 +420,7 @@ impl App {
         };
         record.operation = Some(crate::otel::operation(destination.op));
         if record.span.is_some() {
-            record.request_model = client_model.clone();
+            record.request_model.clone_from(&client_model);
         }
         if let Some(app) = &app {
             // The allowlist first: a refused request spends none of the app's quota.
