@@ -856,3 +856,53 @@ async fn an_https_endpoint_is_reached_as_wss_with_the_ca_file_roots() {
     client.send(Message::text("over tls")).await.unwrap();
     assert_eq!(next_data(&mut client).await, Message::text("over tls"));
 }
+
+/// A shared gateway (issue 12) checks the app key, its allowlist and its quota at the
+/// upgrade; the key never reaches Azure.
+#[tokio::test]
+async fn app_keys_are_checked_at_the_upgrade() {
+    use std::io::Write as _;
+    let (mock, mut sessions) = WsMock::handing().await;
+    let key = "sk-voice-app-7c1e";
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        config,
+        "[[apps]]\nname = \"voice\"\nkey_sha256 = \"{}\"\nmodels = [\"gpt-realtime\"]\nrpm = 1\n",
+        keyless::apps::sha256_hex(key.as_bytes())
+    )
+    .unwrap();
+    let path = config.path().to_path_buf();
+    let proxy = proxy_with(&mock, |f| f.config = Some(path)).await;
+    let url = ws_url(&proxy.base, "/v1/realtime?model=gpt-realtime");
+    let status = |result: Result<_, tungstenite::Error>| match result {
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("{e}"),
+        Ok(_) => 101,
+    };
+    assert_eq!(status(connect_with(&url, &[]).await), 401, "no key");
+    assert_eq!(
+        status(connect_with(&url, &[("api-key", "sk-someone-else")]).await),
+        401
+    );
+    let other = ws_url(&proxy.base, "/v1/realtime?model=gpt-4o-realtime");
+    assert_eq!(
+        status(connect_with(&other, &[("api-key", key)]).await),
+        403,
+        "a model outside the allowlist"
+    );
+    let bearer = format!("Bearer {key}");
+    let (_client, _) = connect_with(&url, &[("authorization", bearer.as_str())])
+        .await
+        .expect("the app's key opens a session");
+    let (_upstream, seen) = accepted(&mut sessions).await;
+    assert_eq!(seen.header("authorization"), "Bearer test-token-0");
+    assert!(
+        !format!("{seen:?}").contains(key),
+        "the key stays in keyless"
+    );
+    assert_eq!(
+        status(connect_with(&url, &[("api-key", key)]).await),
+        429,
+        "one session a minute"
+    );
+}
