@@ -125,13 +125,9 @@ fn duration_histogram() -> Histogram {
 
 /// The conventions' advice for `gen_ai.server.time_to_first_token`.
 fn first_token_histogram() -> Histogram {
-    Histogram::new(
-        [
-            0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-            10.0,
-        ]
-        .into_iter(),
-    )
+    Histogram::new([
+        0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    ])
 }
 
 fn token_histogram() -> Histogram {
