@@ -86,7 +86,7 @@ impl Ctx {
     /// Client options for a fresh credential: our transport, a short retry policy, and the
     /// authority host pinned (so azure_identity does not read `AZURE_AUTHORITY_HOST` from the
     /// process environment behind [`Env`]'s back).
-    pub(super) fn client_options(&self, authority: Option<&Url>) -> ClientOptions {
+    fn client_options(&self, authority: Option<&Url>) -> ClientOptions {
         let mut options = ClientOptions {
             transport: Some(self.transport.clone()),
             retry: RetryOptions::exponential(ExponentialRetryOptions {
@@ -188,7 +188,7 @@ impl Recipe {
         }
     }
 
-    pub(super) async fn acquire_now(&self, ctx: &Ctx, scope: &str) -> Result<Token, AuthError> {
+    async fn acquire_now(&self, ctx: &Ctx, scope: &str) -> Result<Token, AuthError> {
         let name = self.name();
         let fail = |message: String| AuthError {
             credential: name.into(),

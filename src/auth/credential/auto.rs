@@ -124,7 +124,7 @@ impl Auto {
         })
     }
 
-    pub(super) fn chosen_recipe(&self) -> Option<&Recipe> {
+    fn chosen_recipe(&self) -> Option<&Recipe> {
         let index = *self.chosen.get()?;
         self.steps.get(index)?.recipe.as_ref().ok()
     }

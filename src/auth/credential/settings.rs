@@ -185,7 +185,7 @@ impl Inputs {
         Ok(url)
     }
 
-    pub(super) fn service_principal_client_id(&self) -> Option<String> {
+    fn service_principal_client_id(&self) -> Option<String> {
         self.client_id
             .clone()
             .or_else(|| self.env.var("AZURE_CLIENT_ID"))
