@@ -332,7 +332,7 @@ impl Router {
                     endpoint: None,
                     deployment: d.clone(),
                     priority: 0,
-                    weight: 1,
+                    weight: std::num::NonZeroU32::MIN,
                     scope: None,
                 }],
                 ModelRoute::Backends(specs) => specs.clone(),
@@ -364,7 +364,7 @@ impl Router {
                     name: spec.name.into(),
                     deployment: state,
                     priority: spec.priority,
-                    weight: spec.weight,
+                    weight: spec.weight.get(),
                 });
             }
             configured.insert(model.clone(), backends.into());

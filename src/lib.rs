@@ -161,7 +161,7 @@ pub async fn run_with_identity(
     );
     let telemetry = Arc::new(telemetry::Telemetry::new(tokens.clone()));
     let grace = config.shutdown_grace;
-    let workers = config.workers;
+    let workers = config.workers.get();
     let bounds = config.connections;
     let app = Arc::new(app::App::new(
         config,

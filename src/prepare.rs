@@ -304,7 +304,9 @@ pub(crate) async fn hold_if_small(
     }
     let cap = config.retry.max_replay_bytes.min(config.max_body_bytes);
     let reservation = match declared_length(headers) {
-        Some(len) if len <= cap as u64 && config.retry.attempts > 1 => budget.reserve(len as usize),
+        Some(len) if len <= cap as u64 && config.retry.attempts.get() > 1 => {
+            budget.reserve(len as usize)
+        }
         _ => None,
     };
     match reservation {

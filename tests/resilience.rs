@@ -1303,7 +1303,7 @@ async fn timeouts_and_retry_limits_have_defaults_and_are_configurable() {
     assert_eq!(c.timeouts.connect, Duration::from_secs(10));
     assert_eq!(c.timeouts.response, Duration::from_secs(600));
     assert_eq!(c.timeouts.idle, Duration::from_secs(600));
-    assert_eq!(c.retry.attempts, 3);
+    assert_eq!(c.retry.attempts.get(), 3);
     assert_eq!(c.retry.max_wait, Duration::from_secs(60));
     assert_eq!(c.limits.mode, LimitMode::Reject);
 
@@ -1320,7 +1320,7 @@ async fn timeouts_and_retry_limits_have_defaults_and_are_configurable() {
     assert_eq!(c.timeouts.response, Duration::from_secs(2));
     assert_eq!(c.timeouts.idle, Duration::from_secs(3));
     assert_eq!(
-        (c.retry.attempts, c.retry.max_wait, c.retry.deadline),
+        (c.retry.attempts.get(), c.retry.max_wait, c.retry.deadline),
         (4, Duration::from_secs(5), Duration::from_secs(6))
     );
     assert_eq!(c.retry.max_replay_bytes, 7);
@@ -1334,7 +1334,7 @@ async fn timeouts_and_retry_limits_have_defaults_and_are_configurable() {
     f.max_attempts = Some(2);
     let c = Config::load(&f).unwrap();
     assert_eq!(c.timeouts.connect, ms(100));
-    assert_eq!(c.retry.attempts, 2);
+    assert_eq!(c.retry.attempts.get(), 2);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ mod tests;
 pub use claims::{TokenInfo, describe_token};
 pub use settings::{
     AZURE_CHINA, AZURE_GOVERNMENT, AZURE_PUBLIC_CLOUD, CredentialKind, CredentialSettings, Env,
-    Hooks,
+    Hooks, check_authority_host, parse_authority_host,
 };
 
 /// Builds the token source for `settings`.

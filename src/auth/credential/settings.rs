@@ -141,6 +141,25 @@ pub struct CredentialSettings {
     pub hooks: Hooks,
 }
 
+/// Parses an authority host (`--authority-host`, `authority_host`, `AZURE_AUTHORITY_HOST`)
+/// and holds it to [`check_authority_host`]'s rule: the one place that rule is written, for
+/// the config and the credentials alike.
+pub fn parse_authority_host(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    check_authority_host(url)
+}
+
+/// Entra is reached over https only (the token request carries the client's secret or
+/// assertion), at a URL that can take the `{tenant}/oauth2/v2.0/token` path.
+pub fn check_authority_host(url: Url) -> Result<Url, String> {
+    if url.scheme() != "https" || url.cannot_be_a_base() {
+        return Err(format!(
+            "the authority host must be an https URL such as {AZURE_PUBLIC_CLOUD}, not {url}"
+        ));
+    }
+    Ok(url)
+}
+
 /// The settings and environment, resolved once.
 pub(super) struct Inputs {
     pub(super) env: Env,
@@ -169,20 +188,15 @@ impl Inputs {
         }
     }
 
-    /// The authority host: setting, then `AZURE_AUTHORITY_HOST`, then the public cloud.
+    /// The authority host: setting, then `AZURE_AUTHORITY_HOST`, then the public cloud;
+    /// each held to [`check_authority_host`]'s rule.
     pub(super) fn authority(&self) -> Result<Url, String> {
-        let url = match (&self.authority_host, self.env.var("AZURE_AUTHORITY_HOST")) {
-            (Some(url), _) => url.clone(),
-            (None, Some(text)) => Url::parse(&text)
-                .map_err(|e| format!("AZURE_AUTHORITY_HOST {text:?} is not a URL: {e}"))?,
-            (None, None) => Url::parse(AZURE_PUBLIC_CLOUD).map_err(|e| e.to_string())?,
-        };
-        if url.scheme() != "https" || url.cannot_be_a_base() {
-            return Err(format!(
-                "the authority host must be an https URL such as {AZURE_PUBLIC_CLOUD}, not {url}"
-            ));
+        match (&self.authority_host, self.env.var("AZURE_AUTHORITY_HOST")) {
+            (Some(url), _) => check_authority_host(url.clone()),
+            (None, Some(text)) => parse_authority_host(&text)
+                .map_err(|e| format!("AZURE_AUTHORITY_HOST {text:?}: {e}")),
+            (None, None) => Url::parse(AZURE_PUBLIC_CLOUD).map_err(|e| e.to_string()),
         }
-        Ok(url)
     }
 
     fn service_principal_client_id(&self) -> Option<String> {
