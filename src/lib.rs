@@ -5,6 +5,9 @@
 //! call the same function (or [`run_with_identity`] to bring their own token source).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// STYLE.md 11: no unwrap()/expect() outside tests and start-up; start-up places say so with
+// an `#[allow]` of their own. (`clippy.toml` lets tests use them.)
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod affinity;
 pub mod app;
