@@ -97,6 +97,7 @@ pub async fn run(
                 run_with_identity(config, endpoint, simulator.identity(), listeners, shutdown)
                     .await;
             simulator_stop.cancel();
+            simulator.stopped().await;
             result
         }
     }

@@ -64,6 +64,8 @@ const MAX_BODY: usize = 32 * 1024 * 1024;
 pub struct Simulator {
     endpoint: url::Url,
     state: Arc<State>,
+    /// The server task, for [`Simulator::stopped`].
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Simulator {
@@ -73,13 +75,23 @@ impl Simulator {
         let addr = listener.local_addr()?;
         let endpoint = url::Url::parse(&format!("http://{addr}")).map_err(std::io::Error::other)?;
         let state = Arc::new(State::new(None));
-        tokio::spawn(run(listener, Arc::clone(&state), shutdown));
-        Ok(Simulator { endpoint, state })
+        let task = tokio::spawn(run(listener, Arc::clone(&state), shutdown));
+        Ok(Simulator {
+            endpoint,
+            state,
+            task,
+        })
     }
 
     /// The endpoint to give keyless, e.g. `http://127.0.0.1:41234`.
     pub fn endpoint(&self) -> url::Url {
         self.endpoint.clone()
+    }
+
+    /// Waits for the server task to end, once its `shutdown` has fired (bounded by its
+    /// own grace period), so that shutdown leaves no task of it behind.
+    pub async fn stopped(self) {
+        let _ = self.task.await;
     }
 
     /// The in-process identity whose tokens this simulator accepts.
