@@ -3,6 +3,11 @@
 //! - [`spawn_keyless`] and [`spawn_simulator`] start the `keyless` binary cargo built for
 //!   this test run on an ephemeral port and read its address from the first stdout line;
 //!   the returned [`KeylessProcess`] kills the process when dropped.
+//! - [`wait_ready`] polls `/readyz` until the proxy holds its tokens.
+//! - `mock` (a mock Azure that records and answers as scripted, an in-process proxy),
+//!   `identity` (a fake App Service identity endpoint), `sts` (a fake Entra token
+//!   endpoint, shared with the credential unit tests), `tls` (a test CA) and `running`
+//!   (the binary in front of a mock) make up the rest of the kit.
 //! - [`run_with_timeout`] runs a command (a client script) to completion or a deadline and
 //!   keeps its output for the failure message.
 //!
@@ -12,6 +17,7 @@
 pub mod identity;
 pub mod mock;
 pub mod running;
+pub mod sts;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read};
@@ -20,6 +26,23 @@ use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Polls `{base}/readyz` until it answers 200 (the proxy holds its tokens); panics with
+/// `report()` (the process output, say) when that takes longer than `within`. The one
+/// readiness wait of the test kit.
+pub async fn wait_ready(base: &str, within: Duration, report: impl Fn() -> String) {
+    let client = mock::client();
+    let deadline = Instant::now() + within;
+    while !client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "never ready\n{}", report());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// How long a spawned process may take to print the line that says where it listens.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);

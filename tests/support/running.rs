@@ -2,10 +2,9 @@
 //! credential against a fake identity endpoint and a config file of the test's own.
 
 use super::identity::FakeIdentity;
-use super::mock::client;
 use super::{KeylessProcess, spawn_keyless};
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// keyless (the binary) in front of a mock, with its config file and identity.
 pub struct Running {
@@ -61,15 +60,9 @@ pub async fn start(endpoint: &str, toml: &str, args: &[&str]) -> Running {
         _identity: identity,
         _config: config,
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client()
-        .get(format!("{}/readyz", running.url()))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "{}", running.keyless.report());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    super::wait_ready(&running.url(), Duration::from_secs(30), || {
+        running.keyless.report()
+    })
+    .await;
     running
 }

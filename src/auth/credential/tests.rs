@@ -16,10 +16,8 @@ use azure_core::http::Transport;
 use azure_identity::Executor;
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -32,133 +30,33 @@ const TENANT: &str = "tenant-1";
 const CLIENT: &str = "client-1";
 const CLIENT_SECRET_VALUE: &str = "very-secret-client-secret";
 
-/// One request the fake token endpoint received: its path and form fields.
-type Seen = (String, HashMap<String, String>);
+// The test kit's one fake STS (and the test CA it needs), shared with tests/support.
+#[path = "../../../tests/support/sts.rs"]
+#[allow(dead_code)] // what only the integration tests use
+mod sts;
+#[path = "../../../tests/support/tls.rs"]
+mod tls;
+use sts::{FakeSts, StsAnswer};
 
-/// A local HTTPS Entra token endpoint, trusted by `transport` only.
-struct FakeSts {
-    authority: Url,
-    transport: Transport,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeSts {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl FakeSts {
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-/// Starts a fake token endpoint. `reject`: answer every request like Entra does for a
+/// Starts the fake token endpoint. `reject`: answer every request like Entra does for a
 /// wrong client secret. Otherwise each answer carries a new token, `sts-token-<n>`.
 async fn fake_sts(reject: bool) -> FakeSts {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![server_cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let answer = if reject {
+        StsAnswer::Reject
+    } else {
+        StsAnswer::Tokens(Duration::from_secs(3600))
+    };
+    FakeSts::start(answer).await
+}
 
-    let task = tokio::spawn({
-        let seen = seen.clone();
-        async move {
-            // Connections live in the set, so aborting this task ends them too.
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let (acceptor, seen) = (acceptor.clone(), seen.clone());
-                connections.spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |request| {
-                        answer(request, seen.clone(), reject)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        }
-    });
-
+/// An HTTP client for the credentials that trusts `sts`'s test CA only.
+fn transport(sts: &FakeSts) -> Transport {
     let client = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_der(ca.der()).unwrap()])
+        .tls_certs_only([reqwest::Certificate::from_pem(sts.ca_pem.as_bytes()).unwrap()])
         .no_proxy()
         .build()
         .unwrap();
-    FakeSts {
-        authority: Url::parse(&format!("https://127.0.0.1:{port}")).unwrap(),
-        transport: Transport::new(Arc::new(client)),
-        seen,
-        task,
-    }
-}
-
-async fn answer(
-    request: hyper::Request<hyper::body::Incoming>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    reject: bool,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let path = request.uri().path().to_owned();
-    let body = request.into_body().collect().await.unwrap().to_bytes();
-    let form = url::form_urlencoded::parse(&body).into_owned().collect();
-    let n = {
-        let mut seen = seen.lock().unwrap();
-        seen.push((path, form));
-        seen.len()
-    };
-    let (status, body) = if reject {
-        (
-            401,
-            serde_json::json!({
-                "error": "invalid_client",
-                "error_description": "AADSTS7000215: Invalid client secret provided.",
-                "error_codes": [7000215],
-            }),
-        )
-    } else {
-        (
-            200,
-            serde_json::json!({
-                "token_type": "Bearer",
-                "expires_in": 3600,
-                "ext_expires_in": 3600,
-                "access_token": format!("sts-token-{n}"),
-            }),
-        )
-    };
-    Ok(hyper::Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap())
+    Transport::new(Arc::new(client))
 }
 
 /// Runs the `/bin/sh -c "cd /bin && az ..."` it is given with `PATH` set to one directory
@@ -244,7 +142,7 @@ async fn settings(
         kind,
         env: Env::from_vars(vars),
         hooks: Hooks {
-            transport: sts.map(|s| s.transport.clone()),
+            transport: sts.map(transport),
             executor: Some(executor),
             imds_probe_url: Some(closed_port_url().await),
         },
