@@ -637,9 +637,12 @@ impl Config {
 
     /// Merges `flags` over `raw` and validates it, one validator a section, collecting
     /// every problem with its key path.
-    fn merge(flags: &Flags, raw: RawConfig) -> Result<Config, ConfigError> {
+    fn merge(flags: &Flags, mut raw: RawConfig) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let p = &mut problems;
+        // The sections read by reference first; the rest move out of `raw` below.
+        let credential = credential(flags, &mut raw, p);
+        let timeouts = timeouts(flags, &raw, p);
 
         let api = flags.api.or(raw.api).unwrap_or_default();
         let api_version = flags
@@ -665,23 +668,6 @@ impl Config {
                 "scope {scope:?} should be a URL such as {DEFAULT_SCOPE}"
             ));
         }
-        let credential = CredentialSettings {
-            kind: flags.credential.or(raw.credential).unwrap_or_default(),
-            tenant_id: flags.tenant_id.clone().or(raw.tenant_id),
-            client_id: flags.client_id.clone().or(raw.client_id),
-            object_id: flags.object_id.clone().or(raw.object_id),
-            resource_id: flags.resource_id.clone().or(raw.resource_id),
-            authority_host: flags
-                .authority_host
-                .clone()
-                .or(raw.authority_host)
-                .and_then(|text| {
-                    parse_authority_host(&text)
-                        .map_err(|e| p.push(format!("authority_host: {e}")))
-                        .ok()
-                }),
-            ..CredentialSettings::default()
-        };
         let target = target(flags, raw.endpoint, credential, p);
 
         let max_body_bytes = flags
@@ -698,32 +684,6 @@ impl Config {
                 NonZeroUsize::MIN
             }),
             None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
-        };
-        let timeouts = Timeouts {
-            connect: positive(
-                p,
-                "connect_timeout",
-                flags.connect_timeout.or(raw.connect_timeout),
-                Duration::from_secs(10),
-            ),
-            response: positive(
-                p,
-                "response_timeout",
-                flags.response_timeout.or(raw.response_timeout),
-                Duration::from_secs(600),
-            ),
-            idle: positive(
-                p,
-                "idle_timeout",
-                flags.idle_timeout.or(raw.idle_timeout),
-                Duration::from_secs(600),
-            ),
-            token: positive(
-                p,
-                "token_timeout",
-                flags.token_timeout.or(raw.token_timeout),
-                Duration::from_secs(30),
-            ),
         };
         let retry = retry(flags, raw.retry.0, p);
         let limits = limits(flags, raw.limits.0, p);
@@ -801,6 +761,61 @@ fn positive(
 fn check_name(problems: &mut Vec<String>, at: &str, kind: &str, name: &str) {
     if let Err(e) = crate::route::check_name(kind, name) {
         problems.push(format!("{at}: {e}"));
+    }
+}
+
+/// The credential settings: flags over the file; the authority host held to the one rule.
+fn credential(
+    flags: &Flags,
+    raw: &mut RawConfig,
+    problems: &mut Vec<String>,
+) -> CredentialSettings {
+    CredentialSettings {
+        kind: flags.credential.or(raw.credential).unwrap_or_default(),
+        tenant_id: flags.tenant_id.clone().or(raw.tenant_id.take()),
+        client_id: flags.client_id.clone().or(raw.client_id.take()),
+        object_id: flags.object_id.clone().or(raw.object_id.take()),
+        resource_id: flags.resource_id.clone().or(raw.resource_id.take()),
+        authority_host: flags
+            .authority_host
+            .clone()
+            .or(raw.authority_host.take())
+            .and_then(|text| {
+                parse_authority_host(&text)
+                    .map_err(|e| problems.push(format!("authority_host: {e}")))
+                    .ok()
+            }),
+        ..CredentialSettings::default()
+    }
+}
+
+/// Timeouts towards Azure and the identity: flags over the file, each positive.
+fn timeouts(flags: &Flags, raw: &RawConfig, p: &mut Vec<String>) -> Timeouts {
+    Timeouts {
+        connect: positive(
+            p,
+            "connect_timeout",
+            flags.connect_timeout.or(raw.connect_timeout),
+            Duration::from_secs(10),
+        ),
+        response: positive(
+            p,
+            "response_timeout",
+            flags.response_timeout.or(raw.response_timeout),
+            Duration::from_secs(600),
+        ),
+        idle: positive(
+            p,
+            "idle_timeout",
+            flags.idle_timeout.or(raw.idle_timeout),
+            Duration::from_secs(600),
+        ),
+        token: positive(
+            p,
+            "token_timeout",
+            flags.token_timeout.or(raw.token_timeout),
+            Duration::from_secs(30),
+        ),
     }
 }
 

@@ -23,7 +23,7 @@ use azure_identity::{
     WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -189,31 +189,13 @@ impl Recipe {
     }
 
     async fn acquire_now(&self, ctx: &Ctx, scope: &str) -> Result<Token, AuthError> {
-        let name = self.name();
-        let fail = |message: String| AuthError {
-            credential: name.into(),
-            message,
-        };
         let token = match self {
             Recipe::ClientSecret {
                 tenant_id,
                 client_id,
                 secret,
                 authority,
-            } => {
-                let scrub = [secret.expose()];
-                let options = ClientSecretCredentialOptions {
-                    client_options: ctx.client_options(Some(authority)),
-                };
-                let credential = ClientSecretCredential::new(
-                    tenant_id,
-                    client_id.clone(),
-                    azure_core::credentials::Secret::new(secret.expose().to_owned()),
-                    Some(options),
-                )
-                .map_err(|e| fail(explain(&e, &scrub)))?;
-                get_token(credential.as_ref(), scope, &scrub).await
-            }
+            } => client_secret(ctx, scope, tenant_id, client_id, secret, authority).await,
             Recipe::ClientCertificate {
                 tenant_id,
                 client_id,
@@ -221,104 +203,155 @@ impl Recipe {
                 password,
                 authority,
             } => {
-                // Read at every acquisition: a rotated certificate is picked up.
-                let bytes = tokio::fs::read(path)
-                    .await
-                    .map_err(|e| fail(read_error(path, &e)))?;
-                let certificate =
-                    load_certificate(&bytes, password.as_ref(), path).map_err(fail)?;
-                let audience = token_endpoint(authority, tenant_id).map_err(fail)?;
-                let assertion =
-                    client_assertion(&certificate, client_id, &audience, SystemTime::now())
-                        .map_err(fail)?;
-                let scrub = [assertion.expose()];
-                let options = ClientAssertionCredentialOptions {
-                    client_options: ctx.client_options(Some(authority)),
-                };
-                let credential = ClientAssertionCredential::new(
-                    tenant_id.clone(),
-                    client_id.clone(),
-                    FixedAssertion(assertion.clone()),
-                    Some(options),
-                )
-                .map_err(|e| fail(explain(&e, &scrub)))?;
-                get_token(credential.as_ref(), scope, &scrub).await
+                let app = (tenant_id.as_str(), client_id.as_str(), authority);
+                client_certificate(ctx, scope, app, path, password.as_ref()).await
             }
             Recipe::WorkloadIdentity {
                 tenant_id,
                 client_id,
                 token_file,
                 authority,
-            } => {
-                // A new credential reads the token file anew (in `new`): the kubelet rotates
-                // it, and a stale one is rejected with AADSTS700024.
-                let options = WorkloadIdentityCredentialOptions {
-                    credential_options: ClientAssertionCredentialOptions {
-                        client_options: ctx.client_options(Some(authority)),
-                    },
-                    client_id: Some(client_id.clone()),
-                    tenant_id: Some(tenant_id.clone()),
-                    token_file_path: Some(token_file.clone()),
-                };
-                let credential = WorkloadIdentityCredential::new(Some(options))
-                    .map_err(|e| fail(explain(&e, &[])))?;
-                get_token(credential.as_ref(), scope, &[]).await
-            }
+            } => workload_identity(ctx, scope, tenant_id, client_id, token_file, authority).await,
             Recipe::ManagedIdentity {
                 id,
                 probe,
                 imds_answered,
-            } => {
-                if let Some(probe) = probe {
-                    if !imds_answered.load(Ordering::Relaxed) {
-                        probe.run(&ctx.imds_probe_url).await.map_err(fail)?;
-                        imds_answered.store(true, Ordering::Relaxed);
-                    }
-                }
-                let options = ManagedIdentityCredentialOptions {
-                    user_assigned_id: id.clone(),
-                    client_options: ctx.client_options(None),
-                };
-                let credential = ManagedIdentityCredential::new(Some(options))
-                    .map_err(|e| fail(explain(&e, &[])))?;
-                get_token(credential.as_ref(), scope, &[]).await
-            }
-            Recipe::AzureCli { tenant_id } => {
-                let options = AzureCliCredentialOptions {
-                    tenant_id: tenant_id.clone(),
-                    executor: Some(ctx.executor.clone()),
-                    ..AzureCliCredentialOptions::default()
-                };
-                let credential =
-                    AzureCliCredential::new(Some(options)).map_err(|e| fail(explain(&e, &[])))?;
-                get_token(credential.as_ref(), scope, &[])
-                    .await
-                    .map_err(|message| {
-                        cli_advice(message, "az", "Azure CLI", "az login", tenant_id)
-                    })
-            }
-            Recipe::Azd { tenant_id } => {
-                let options = AzureDeveloperCliCredentialOptions {
-                    tenant_id: tenant_id.clone(),
-                    executor: Some(ctx.executor.clone()),
-                };
-                let credential = AzureDeveloperCliCredential::new(Some(options))
-                    .map_err(|e| fail(explain(&e, &[])))?;
-                get_token(credential.as_ref(), scope, &[])
-                    .await
-                    .map_err(|message| {
-                        cli_advice(
-                            message,
-                            "azd",
-                            "Azure Developer CLI",
-                            "azd auth login",
-                            tenant_id,
-                        )
-                    })
-            }
+            } => managed_identity(ctx, scope, id, probe.as_ref(), imds_answered).await,
+            Recipe::AzureCli { tenant_id } => azure_cli(ctx, scope, tenant_id).await,
+            Recipe::Azd { tenant_id } => azd(ctx, scope, tenant_id).await,
         };
-        token.map_err(fail)
+        token.map_err(|message| AuthError {
+            credential: self.name().into(),
+            message,
+        })
     }
+}
+
+async fn client_secret(
+    ctx: &Ctx,
+    scope: &str,
+    tenant_id: &str,
+    client_id: &str,
+    secret: &Secret,
+    authority: &Url,
+) -> Result<Token, String> {
+    let scrub = [secret.expose()];
+    let options = ClientSecretCredentialOptions {
+        client_options: ctx.client_options(Some(authority)),
+    };
+    let credential = ClientSecretCredential::new(
+        tenant_id,
+        client_id.to_owned(),
+        azure_core::credentials::Secret::new(secret.expose().to_owned()),
+        Some(options),
+    )
+    .map_err(|e| explain(&e, &scrub))?;
+    get_token(credential.as_ref(), scope, &scrub).await
+}
+
+/// `app`: tenant id, client id, authority.
+async fn client_certificate(
+    ctx: &Ctx,
+    scope: &str,
+    (tenant_id, client_id, authority): (&str, &str, &Url),
+    path: &Path,
+    password: Option<&Secret>,
+) -> Result<Token, String> {
+    // Read at every acquisition: a rotated certificate is picked up.
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| read_error(path, &e))?;
+    let certificate = load_certificate(&bytes, password, path)?;
+    let audience = token_endpoint(authority, tenant_id)?;
+    let assertion = client_assertion(&certificate, client_id, &audience, SystemTime::now())?;
+    let scrub = [assertion.expose()];
+    let options = ClientAssertionCredentialOptions {
+        client_options: ctx.client_options(Some(authority)),
+    };
+    let credential = ClientAssertionCredential::new(
+        tenant_id.to_owned(),
+        client_id.to_owned(),
+        FixedAssertion(assertion.clone()),
+        Some(options),
+    )
+    .map_err(|e| explain(&e, &scrub))?;
+    get_token(credential.as_ref(), scope, &scrub).await
+}
+
+async fn workload_identity(
+    ctx: &Ctx,
+    scope: &str,
+    tenant_id: &str,
+    client_id: &str,
+    token_file: &Path,
+    authority: &Url,
+) -> Result<Token, String> {
+    // A new credential reads the token file anew (in `new`): the kubelet rotates it, and a
+    // stale one is rejected with AADSTS700024.
+    let options = WorkloadIdentityCredentialOptions {
+        credential_options: ClientAssertionCredentialOptions {
+            client_options: ctx.client_options(Some(authority)),
+        },
+        client_id: Some(client_id.to_owned()),
+        tenant_id: Some(tenant_id.to_owned()),
+        token_file_path: Some(token_file.to_owned()),
+    };
+    let credential =
+        WorkloadIdentityCredential::new(Some(options)).map_err(|e| explain(&e, &[]))?;
+    get_token(credential.as_ref(), scope, &[]).await
+}
+
+async fn managed_identity(
+    ctx: &Ctx,
+    scope: &str,
+    id: &Option<UserAssignedId>,
+    probe: Option<&ImdsProbe>,
+    imds_answered: &AtomicBool,
+) -> Result<Token, String> {
+    if let Some(probe) = probe {
+        if !imds_answered.load(Ordering::Relaxed) {
+            probe.run(&ctx.imds_probe_url).await?;
+            imds_answered.store(true, Ordering::Relaxed);
+        }
+    }
+    let options = ManagedIdentityCredentialOptions {
+        user_assigned_id: id.clone(),
+        client_options: ctx.client_options(None),
+    };
+    let credential = ManagedIdentityCredential::new(Some(options)).map_err(|e| explain(&e, &[]))?;
+    get_token(credential.as_ref(), scope, &[]).await
+}
+
+async fn azure_cli(ctx: &Ctx, scope: &str, tenant_id: &Option<String>) -> Result<Token, String> {
+    let options = AzureCliCredentialOptions {
+        tenant_id: tenant_id.clone(),
+        executor: Some(ctx.executor.clone()),
+        ..AzureCliCredentialOptions::default()
+    };
+    let credential = AzureCliCredential::new(Some(options)).map_err(|e| explain(&e, &[]))?;
+    get_token(credential.as_ref(), scope, &[])
+        .await
+        .map_err(|message| cli_advice(message, "az", "Azure CLI", "az login", tenant_id))
+}
+
+async fn azd(ctx: &Ctx, scope: &str, tenant_id: &Option<String>) -> Result<Token, String> {
+    let options = AzureDeveloperCliCredentialOptions {
+        tenant_id: tenant_id.clone(),
+        executor: Some(ctx.executor.clone()),
+    };
+    let credential =
+        AzureDeveloperCliCredential::new(Some(options)).map_err(|e| explain(&e, &[]))?;
+    get_token(credential.as_ref(), scope, &[])
+        .await
+        .map_err(|message| {
+            cli_advice(
+                message,
+                "azd",
+                "Azure Developer CLI",
+                "azd auth login",
+                tenant_id,
+            )
+        })
 }
 
 /// Asks `credential` once and converts the answer; the error is a readable message.
