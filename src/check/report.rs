@@ -270,93 +270,11 @@ impl Report {
         }
         for token in &self.tokens {
             writeln!(out)?;
-            match (&token.identity, &token.error) {
-                (Some(id), _) => {
-                    writeln!(
-                        out,
-                        "Token for {}: acquired in {} ms",
-                        token.scope, token.elapsed_ms
-                    )?;
-                    let unknown = if id.readable {
-                        "unknown (not in the token)"
-                    } else {
-                        "unknown (the token is opaque, not a JWT)"
-                    };
-                    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| unknown.to_owned());
-                    field(out, "tenant id", &show(&id.tenant_id))?;
-                    field(out, "object id", &show(&id.object_id))?;
-                    field(out, "app id", &show(&id.app_id))?;
-                    if let Some(name) = &id.principal_name {
-                        field(out, "user", name)?;
-                    }
-                    field(out, "audience", &show(&id.audience))?;
-                    let left = if id.expires_in_secs >= 0 {
-                        format!(
-                            "in {}",
-                            humantime::format_duration(Duration::from_secs(
-                                id.expires_in_secs.unsigned_abs()
-                            ))
-                        )
-                    } else {
-                        "ALREADY EXPIRED".to_owned()
-                    };
-                    field(out, "expires", &format!("{} ({left})", id.expires_at))?;
-                }
-                (None, Some(error)) => {
-                    writeln!(
-                        out,
-                        "Token for {}: FAILED after {} ms",
-                        token.scope, token.elapsed_ms
-                    )?;
-                    paragraph(out, error)?;
-                }
-                (None, None) => {}
-            }
+            token.write_text(out)?;
         }
         for endpoint in &self.endpoints {
             writeln!(out)?;
-            writeln!(out, "Endpoint: {}", endpoint.request)?;
-            match endpoint.status {
-                Some(status) => {
-                    let reason = StatusCode::from_u16(status)
-                        .ok()
-                        .and_then(|s| s.canonical_reason())
-                        .unwrap_or("");
-                    field(
-                        out,
-                        "answer",
-                        &format!("HTTP {status} {reason} in {} ms", endpoint.elapsed_ms),
-                    )?
-                }
-                None => field(
-                    out,
-                    "answer",
-                    &format!("none (after {} ms)", endpoint.elapsed_ms),
-                )?,
-            }
-            let mark = if endpoint.verdict.works() {
-                "OK"
-            } else {
-                "FAILED"
-            };
-            paragraph(out, &format!("{mark}: {}", endpoint.summary))?;
-            if !endpoint.models.is_empty() {
-                paragraph(out, &format!("models: {}", endpoint.models.join(", ")))?;
-            }
-            if let Some(message) = &endpoint.azure_message {
-                paragraph(out, &format!("Azure said: {message}"))?;
-            }
-            for advice in &endpoint.advice {
-                writeln!(out)?;
-                for line in advice.lines() {
-                    if line.starts_with(' ') || line.is_empty() {
-                        // A command: copied as written.
-                        writeln!(out, "  {line}")?;
-                    } else {
-                        paragraph(out, line)?;
-                    }
-                }
-            }
+            endpoint.write_text(out)?;
         }
         if let Some(error) = &self.setup_error {
             writeln!(out, "\nFAILED: {error}")?;
@@ -368,6 +286,100 @@ impl Report {
             writeln!(out, "keyless would not work: no token (see above).")?;
         } else {
             writeln!(out, "keyless would not work (see above).")?;
+        }
+        Ok(())
+    }
+}
+
+impl TokenCheck {
+    /// The token section: what the token says, or why there is none.
+    fn write_text(&self, out: &mut String) -> std::fmt::Result {
+        match (&self.identity, &self.error) {
+            (Some(id), _) => {
+                writeln!(
+                    out,
+                    "Token for {}: acquired in {} ms",
+                    self.scope, self.elapsed_ms
+                )?;
+                let unknown = if id.readable {
+                    "unknown (not in the token)"
+                } else {
+                    "unknown (the token is opaque, not a JWT)"
+                };
+                let show = |v: &Option<String>| v.clone().unwrap_or_else(|| unknown.to_owned());
+                field(out, "tenant id", &show(&id.tenant_id))?;
+                field(out, "object id", &show(&id.object_id))?;
+                field(out, "app id", &show(&id.app_id))?;
+                if let Some(name) = &id.principal_name {
+                    field(out, "user", name)?;
+                }
+                field(out, "audience", &show(&id.audience))?;
+                let left = if id.expires_in_secs >= 0 {
+                    format!(
+                        "in {}",
+                        humantime::format_duration(Duration::from_secs(
+                            id.expires_in_secs.unsigned_abs()
+                        ))
+                    )
+                } else {
+                    "ALREADY EXPIRED".to_owned()
+                };
+                field(out, "expires", &format!("{} ({left})", id.expires_at))?;
+            }
+            (None, Some(error)) => {
+                writeln!(
+                    out,
+                    "Token for {}: FAILED after {} ms",
+                    self.scope, self.elapsed_ms
+                )?;
+                paragraph(out, error)?;
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+}
+
+impl EndpointCheck {
+    /// One endpoint's section: the answer, the verdict, Azure's words and the advice.
+    fn write_text(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "Endpoint: {}", self.request)?;
+        match self.status {
+            Some(status) => {
+                let reason = StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("");
+                field(
+                    out,
+                    "answer",
+                    &format!("HTTP {status} {reason} in {} ms", self.elapsed_ms),
+                )?
+            }
+            None => field(
+                out,
+                "answer",
+                &format!("none (after {} ms)", self.elapsed_ms),
+            )?,
+        }
+        let mark = if self.verdict.works() { "OK" } else { "FAILED" };
+        paragraph(out, &format!("{mark}: {}", self.summary))?;
+        if !self.models.is_empty() {
+            paragraph(out, &format!("models: {}", self.models.join(", ")))?;
+        }
+        if let Some(message) = &self.azure_message {
+            paragraph(out, &format!("Azure said: {message}"))?;
+        }
+        for advice in &self.advice {
+            writeln!(out)?;
+            for line in advice.lines() {
+                if line.starts_with(' ') || line.is_empty() {
+                    // A command: copied as written.
+                    writeln!(out, "  {line}")?;
+                } else {
+                    paragraph(out, line)?;
+                }
+            }
         }
         Ok(())
     }
