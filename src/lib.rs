@@ -132,11 +132,11 @@ pub async fn run_with_identity(
             })
             .clone()
     };
-    let default = Arc::new(backend::Upstream {
+    let default = Arc::new(backend::Resource {
         endpoint: backend::Endpoint::new(&endpoint).map_err(StartError::Invalid)?,
         tokens: cache_for(&config.scope),
     });
-    let mut upstreams: HashMap<(String, String), Arc<backend::Upstream>> = HashMap::new();
+    let mut upstreams: HashMap<(String, String), Arc<backend::Resource>> = HashMap::new();
     let router = backend::Router::new(&config, default.clone(), |url, scope| {
         let url = url.unwrap_or(&endpoint);
         let scope = scope.unwrap_or(&config.scope);
@@ -144,7 +144,7 @@ pub async fn run_with_identity(
         if let Some(up) = upstreams.get(&key) {
             return Ok(up.clone());
         }
-        let up = Arc::new(backend::Upstream {
+        let up = Arc::new(backend::Resource {
             endpoint: backend::Endpoint::new(url)?,
             tokens: cache_for(scope),
         });
