@@ -1000,15 +1000,22 @@ fn connections(raw: RawConnections, problems: &mut Vec<String>) -> Connections {
 fn apps(raw: List<Section<RawApp>>, problems: &mut Vec<String>) -> Vec<AppSpec> {
     let mut apps: Vec<AppSpec> = Vec::with_capacity(raw.0.len());
     for (i, Section(app)) in raw.0.into_iter().enumerate() {
-        let name = app.name.unwrap_or_default();
-        let at = format!("apps[{i}] ({name})");
         let mut ok = true;
-        if name.is_empty()
-            || name.len() > 64
-            || !name
+        let named = app.name.is_some();
+        let (at, name) = match app.name {
+            Some(name) => (format!("apps[{i}] ({name})"), name),
+            None => {
+                problems.push(format!("apps[{i}]: name is missing"));
+                ok = false;
+                (format!("apps[{i}]"), String::new())
+            }
+        };
+        let well_formed = !name.is_empty()
+            && name.len() <= 64
+            && name
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if named && !well_formed {
             problems.push(format!(
                 "{at}: name must be 1 to 64 letters, digits, '-', '_' or '.'"
             ));
@@ -1039,7 +1046,7 @@ fn apps(raw: List<Section<RawApp>>, problems: &mut Vec<String>) -> Vec<AppSpec> 
             ));
             ok = false;
         }
-        if apps.iter().any(|a| a.name == name) {
+        if named && apps.iter().any(|a| a.name == name) {
             problems.push(format!("{at}: another app has this name"));
             ok = false;
         }
@@ -1324,8 +1331,11 @@ stream_include_usage = "yes"
             text.contains("models.a[0]: deployment is missing"),
             "{text}"
         );
-        assert!(text.contains("apps[0] (): name must be"), "{text}");
-        assert!(text.contains("apps[0] (): key_sha256 must be"), "{text}");
+        assert!(text.contains("apps[0]: name is missing"), "{text}");
+        assert!(text.contains("apps[0]: key_sha256 must be"), "{text}");
+        let raw = parse_file("[[apps]]\nname = \"a\"\n").unwrap();
+        let text = Config::merge(&flags(), raw).unwrap_err().to_string();
+        assert!(text.contains("apps[0] (a): key_sha256 must be"), "{text}");
     }
 
     #[test]
