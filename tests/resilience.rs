@@ -1369,30 +1369,16 @@ async fn attempts_and_backend_are_in_the_log_line_and_the_headers() {
     file.write_all(toml.as_bytes()).unwrap();
 
     for format in ["json", "text"] {
-        let (config, endpoint) = (file.path().display().to_string(), ptu.url.to_string());
+        let config = file.path().display().to_string();
         let id_url = format!("{}msi/token", identity.url);
-        let proxy = tokio::task::spawn_blocking(move || {
-            support::spawn_keyless(
-                &[
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--config",
-                    &config,
-                    "--endpoint",
-                    &endpoint,
-                    "--credential",
-                    "managed-identity",
-                    "--log-format",
-                    format,
-                ],
-                &[
-                    ("IDENTITY_ENDPOINT", &id_url),
-                    ("IDENTITY_HEADER", "secret"),
-                ],
-            )
-        })
-        .await
-        .unwrap();
+        let proxy = support::spawn_keyless_with_msi(
+            ptu.url.as_str(),
+            &id_url,
+            "secret",
+            &["--config", &config, "--log-format", format],
+            &[],
+        )
+        .await;
         let r = post_json(&proxy.url(), "/v1/chat/completions", CHAT).await;
         assert_eq!(r.status(), 200, "{}", proxy.report());
         assert_eq!(header(&r, "x-keyless-attempts"), "2");

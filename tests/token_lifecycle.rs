@@ -521,26 +521,15 @@ async fn trace_logs_show_no_token_identity_header_or_client_key() {
     let simulator = tokio::task::spawn_blocking(|| spawn_simulator(Some(IDENTITY_HEADER)))
         .await
         .unwrap();
-    let (endpoint, msi) = (simulator.url(), format!("{}/msi/token", simulator.url()));
-    let proxy = tokio::task::spawn_blocking(move || {
-        spawn_keyless(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--endpoint",
-                &endpoint,
-                "--credential",
-                "managed-identity",
-            ],
-            &[
-                ("KEYLESS_LOG", "trace"),
-                ("IDENTITY_ENDPOINT", &msi),
-                ("IDENTITY_HEADER", IDENTITY_HEADER),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let msi = format!("{}/msi/token", simulator.url());
+    let proxy = support::spawn_keyless_with_msi(
+        &simulator.url(),
+        &msi,
+        IDENTITY_HEADER,
+        &[],
+        &[("KEYLESS_LOG", "trace")],
+    )
+    .await;
     wait_ready(&proxy).await;
 
     let c = client();

@@ -151,6 +151,43 @@ pub fn spawn_keyless(args: &[&str], envs: &[(&str, &str)]) -> KeylessProcess {
     spawn(command, SERVE_BANNER, "keyless serve")
 }
 
+/// Starts `keyless serve --listen 127.0.0.1:0 --endpoint ENDPOINT --credential
+/// managed-identity ARGS` with the App Service-style identity endpoint `identity_url` and
+/// its `identity_header` (so nothing probes IMDS), plus `envs`. For async tests: the
+/// blocking start runs on tokio's blocking pool.
+pub async fn spawn_keyless_with_msi(
+    endpoint: &str,
+    identity_url: &str,
+    identity_header: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> KeylessProcess {
+    let all: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--endpoint",
+        endpoint,
+        "--credential",
+        "managed-identity",
+    ]
+    .iter()
+    .chain(args)
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut env: Vec<(String, String)> = vec![
+        ("IDENTITY_ENDPOINT".into(), identity_url.to_owned()),
+        ("IDENTITY_HEADER".into(), identity_header.to_owned()),
+    ];
+    env.extend(envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        spawn_keyless(&args, &envs)
+    })
+    .await
+    .unwrap()
+}
+
 /// Starts `keyless simulator --listen 127.0.0.1:0`, with the managed identity endpoint
 /// `/msi/token` when `identity_header` is given, and waits for it to listen.
 #[track_caller]

@@ -1,8 +1,8 @@
 //! The `keyless` binary in front of a mock Azure, with the real managed identity
 //! credential against a fake identity endpoint and a config file of the test's own.
 
+use super::KeylessProcess;
 use super::identity::FakeIdentity;
-use super::{KeylessProcess, spawn_keyless};
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -27,34 +27,17 @@ pub async fn start(endpoint: &str, toml: &str, args: &[&str]) -> Running {
         FakeIdentity::start("probe-header", Duration::ZERO, |n| format!("tok-{n}")).await;
     let mut config = tempfile::NamedTempFile::new().unwrap();
     config.write_all(toml.as_bytes()).unwrap();
-    let mut all: Vec<String> = [
-        "--listen",
-        "127.0.0.1:0",
-        "--endpoint",
+    let config_path = config.path().display().to_string();
+    let mut all: Vec<&str> = vec!["--config", &config_path];
+    all.extend(args);
+    let keyless = super::spawn_keyless_with_msi(
         endpoint,
-        "--credential",
-        "managed-identity",
-        "--config",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    all.push(config.path().display().to_string());
-    all.extend(args.iter().map(|s| s.to_string()));
-    let id_url = identity.url.clone();
-    let keyless = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = all.iter().map(String::as_str).collect();
-        spawn_keyless(
-            &args,
-            &[
-                ("IDENTITY_ENDPOINT", &id_url),
-                ("IDENTITY_HEADER", "probe-header"),
-                ("KEYLESS_LOG", "info"),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+        &identity.url,
+        "probe-header",
+        &all,
+        &[("KEYLESS_LOG", "info")],
+    )
+    .await;
     let running = Running {
         keyless,
         _identity: identity,
