@@ -28,6 +28,8 @@ pub const DEFAULT_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
 /// The default cap on a request body keyless must read (to find the model): 32 MiB.
 /// Azure accepts audio files up to 25 MB, so this leaves room for a multipart upload.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// [`DEFAULT_MAX_BODY_BYTES`] as the type [`Config::max_body_bytes`] has.
+const DEFAULT_MAX_BODY: NonZeroUsize = NonZeroUsize::MIN.saturating_add(DEFAULT_MAX_BODY_BYTES - 1);
 
 /// How keyless writes upstream paths (`--api`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -573,7 +575,7 @@ pub struct Config {
     /// Entra scope.
     pub scope: String,
     /// Largest body keyless reads.
-    pub max_body_bytes: usize,
+    pub max_body_bytes: NonZeroUsize,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Retries.
@@ -673,10 +675,11 @@ impl Config {
         let max_body_bytes = flags
             .max_body_bytes
             .or(raw.max_body_bytes)
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        if max_body_bytes == 0 {
-            p.push("max_body_bytes must be positive".to_owned());
-        }
+            .map_or(Some(DEFAULT_MAX_BODY), NonZeroUsize::new)
+            .unwrap_or_else(|| {
+                p.push("max_body_bytes must be positive".to_owned());
+                DEFAULT_MAX_BODY
+            });
         // One a core, as nginx's `worker_processes auto`; the cgroup's CPU quota counts.
         let workers = match flags.workers.or(raw.workers) {
             Some(n) => NonZeroUsize::new(n).unwrap_or_else(|| {
@@ -1223,7 +1226,7 @@ mod tests {
         assert_eq!(c.api, ApiStyle::V1);
         assert_eq!(c.api_version, DEFAULT_API_VERSION);
         assert_eq!(c.scope, DEFAULT_SCOPE);
-        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.max_body_bytes.get(), DEFAULT_MAX_BODY_BYTES);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(c.workers.get(), cores, "one worker a core");
     }
