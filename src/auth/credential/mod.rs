@@ -44,7 +44,7 @@
 //!   is still starting), but only after a quick probe has shown that IMDS answers at all.
 //!
 //! One idea a file: `settings` (kind, environment, hooks, resolved inputs), `auto` (the
-//! chain), `adapters` (a [`Recipe`](adapters::Recipe) -> an azure_identity credential),
+//! chain), `adapters` (a `Recipe` -> an azure_identity credential),
 //! `certificate` (PEM/PKCS#12 and the signed assertion), `imds` (the probe), `claims`
 //! (what a token says about itself), `explain` (azure_identity errors on one line).
 
