@@ -60,18 +60,20 @@ impl Endpoint {
     }
 }
 
-/// An endpoint and the token cache for its scope.
-pub struct Upstream {
+/// An Azure OpenAI resource as keyless reaches it: its endpoint and the token cache for its
+/// scope.
+pub struct Resource {
     /// Where requests go.
     pub endpoint: Endpoint,
     /// Who signs them.
     pub tokens: TokenCache,
 }
 
-/// The shared state of one deployment on one upstream.
+/// The shared state of one deployment on one resource.
 pub struct Deployment {
-    /// The upstream serving it.
-    pub upstream: Arc<Upstream>,
+    /// The resource serving it. (Named `upstream` still, for `app.rs`; "upstream" is
+    /// otherwise the client towards Azure, `crate::upstream`.)
+    pub upstream: Arc<Resource>,
     /// The deployment name; `None` for Azure-style pass-through requests, whose path
     /// already names what they want.
     pub name: Option<Arc<str>>,
@@ -95,7 +97,7 @@ pub struct Deployment {
 
 impl Deployment {
     fn new(
-        upstream: Arc<Upstream>,
+        upstream: Arc<Resource>,
         name: Option<&str>,
         label: Arc<str>,
         limits: Option<&DeploymentLimits>,
@@ -301,7 +303,7 @@ const MAX_LABELLED: usize = 64;
 
 /// Model -> backends, built once at start-up.
 pub struct Router {
-    default: Arc<Upstream>,
+    default: Arc<Resource>,
     passthrough: Arc<[Backend]>,
     configured: HashMap<String, Arc<[Backend]>>,
     /// The configured deployments of the default endpoint, by deployment name.
@@ -314,12 +316,12 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds the routes of `config`. `upstream_for(endpoint, scope)` returns the shared
-    /// upstream for an endpoint (`None`: the default one) and scope.
+    /// Builds the routes of `config`. `resource_for(endpoint, scope)` returns the shared
+    /// resource for an endpoint (`None`: the default one) and scope.
     pub fn new(
         config: &Config,
-        default: Arc<Upstream>,
-        mut upstream_for: impl FnMut(Option<&Url>, Option<&str>) -> Result<Arc<Upstream>, String>,
+        default: Arc<Resource>,
+        mut resource_for: impl FnMut(Option<&Url>, Option<&str>) -> Result<Arc<Resource>, String>,
     ) -> Result<Router, String> {
         let epoch = Instant::now();
         let limits = config.limits.deployments.clone();
@@ -332,7 +334,7 @@ impl Router {
                     endpoint: None,
                     deployment: d.clone(),
                     priority: 0,
-                    weight: 1,
+                    weight: std::num::NonZeroU32::MIN,
                     scope: None,
                 }],
                 ModelRoute::Backends(specs) => specs.clone(),
@@ -344,7 +346,7 @@ impl Router {
             for spec in specs {
                 let upstream = match (&spec.endpoint, &spec.scope) {
                     (None, None) => default.clone(),
-                    (endpoint, scope) => upstream_for(endpoint.as_ref(), scope.as_deref())?,
+                    (endpoint, scope) => resource_for(endpoint.as_ref(), scope.as_deref())?,
                 };
                 let key = (Arc::as_ptr(&upstream) as usize, spec.deployment.clone());
                 let state = states
@@ -364,7 +366,7 @@ impl Router {
                     name: spec.name.into(),
                     deployment: state,
                     priority: spec.priority,
-                    weight: spec.weight,
+                    weight: spec.weight.get(),
                 });
             }
             configured.insert(model.clone(), backends.into());
@@ -412,8 +414,8 @@ impl Router {
         })
     }
 
-    /// The default endpoint's upstream.
-    pub fn default_upstream(&self) -> &Arc<Upstream> {
+    /// The default endpoint's resource.
+    pub fn default_resource(&self) -> &Arc<Resource> {
         &self.default
     }
 
@@ -492,8 +494,8 @@ mod tests {
         }
     }
 
-    fn upstream() -> Arc<Upstream> {
-        Arc::new(Upstream {
+    fn resource() -> Arc<Resource> {
+        Arc::new(Resource {
             endpoint: Endpoint::new(&Url::parse("https://a.openai.azure.com").unwrap()).unwrap(),
             tokens: TokenCache::start(
                 Arc::new(NoIdentity),
@@ -505,7 +507,7 @@ mod tests {
         })
     }
 
-    fn backend(up: &Arc<Upstream>, name: &str, priority: u32, weight: u32) -> Backend {
+    fn backend(up: &Arc<Resource>, name: &str, priority: u32, weight: u32) -> Backend {
         Backend {
             name: name.into(),
             label: name.into(),
@@ -523,7 +525,7 @@ mod tests {
 
     #[tokio::test]
     async fn lowest_priority_first_then_failover_when_throttled() {
-        let up = upstream();
+        let up = resource();
         let list = vec![backend(&up, "ptu", 0, 1), backend(&up, "paygo", 1, 1)];
         let mut rng = rand::rng();
         let now = Instant::now();
@@ -545,7 +547,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_backend_is_skipped_while_another_is_healthy_but_serves_when_alone() {
-        let up = upstream();
+        let up = resource();
         let list = vec![backend(&up, "a", 0, 1), backend(&up, "b", 0, 1)];
         let mut rng = rand::rng();
         list[0].deployment.fail(Duration::from_secs(30));
@@ -566,7 +568,7 @@ mod tests {
 
     #[tokio::test]
     async fn absurd_waits_saturate() {
-        let up = upstream();
+        let up = resource();
         let b = backend(&up, "a", 0, 1);
         b.deployment.throttle(Duration::MAX, true);
         b.deployment.fail(Duration::MAX);
@@ -576,7 +578,7 @@ mod tests {
 
     #[tokio::test]
     async fn excluded_backends_are_skipped_and_none_is_left() {
-        let up = upstream();
+        let up = resource();
         let list = vec![backend(&up, "a", 0, 1), backend(&up, "b", 0, 1)];
         let mut rng = rand::rng();
         assert_eq!(
@@ -591,7 +593,7 @@ mod tests {
 
     #[tokio::test]
     async fn weights_share_traffic_within_a_priority() {
-        let up = upstream();
+        let up = resource();
         let list = vec![
             backend(&up, "a", 0, 3),
             backend(&up, "b", 0, 1),
@@ -613,7 +615,7 @@ mod tests {
 
     #[tokio::test]
     async fn cool_down_ends() {
-        let up = upstream();
+        let up = resource();
         let b = backend(&up, "a", 0, 1);
         b.deployment.throttle(Duration::from_millis(30), false);
         assert!(b.deployment.throttled_for(Instant::now()).is_some());
@@ -644,7 +646,7 @@ mod tests {
                 ..crate::config::Flags::default()
             };
             let config = Config::load(&flags).unwrap();
-            let router = Router::new(&config, upstream(), |_, _| Ok(upstream())).unwrap();
+            let router = Router::new(&config, resource(), |_, _| Ok(resource())).unwrap();
             let mut labels = std::collections::HashSet::new();
             for name in names.iter().map(String::as_str).chain(["prod"]) {
                 for b in router.on_default(name).iter() {

@@ -7,7 +7,7 @@
 //! `Content-Length` framing where there was one.
 
 use crate::affinity::{FirstString, Learner};
-use crate::upstream::Lease;
+use crate::upstream::pool::Lease;
 use crate::usage::{Scan, Usage, UsageFrameFilter};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -116,7 +116,7 @@ pub struct UpstreamBody {
     bytes: u64,
     on_end: Option<Box<dyn BodyEnd>>,
     /// The upstream connection, back to the pool once the body is read to its end.
-    lease: Lease,
+    lease: Lease<Body>,
     first_byte: Option<Instant>,
     /// Set for answers that carry usage.
     tap: Option<Box<Tap>>,
@@ -189,7 +189,7 @@ impl UpstreamBody {
     }
 
     /// Hands `lease`'s connection back to its pool when the body ends cleanly.
-    pub fn with_lease(mut self, lease: Lease) -> UpstreamBody {
+    pub fn with_lease(mut self, lease: Lease<Body>) -> UpstreamBody {
         self.lease = lease;
         self
     }

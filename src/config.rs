@@ -4,16 +4,20 @@
 //! Every problem is reported at once (unknown keys, bad values, missing endpoint), so a
 //! user fixes a config file in one pass rather than one error per start.
 
-use crate::auth::credential::{CredentialKind, CredentialSettings};
+use crate::auth::credential::{CredentialKind, CredentialSettings, parse_authority_host};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
+
+mod read;
+
+use read::{Entries, List, Section};
 
 /// The default listen address: loopback only, so nothing off the machine can use the token.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -24,6 +28,8 @@ pub const DEFAULT_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
 /// The default cap on a request body keyless must read (to find the model): 32 MiB.
 /// Azure accepts audio files up to 25 MB, so this leaves room for a multipart upload.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// [`DEFAULT_MAX_BODY_BYTES`] as the type [`Config::max_body_bytes`] has.
+const DEFAULT_MAX_BODY: NonZeroUsize = NonZeroUsize::MIN.saturating_add(DEFAULT_MAX_BODY_BYTES - 1);
 
 /// How keyless writes upstream paths (`--api`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -84,6 +90,14 @@ pub struct Flags {
     /// Client id: service principal, workload identity, or user-assigned managed identity.
     #[arg(long, env = "AZURE_CLIENT_ID", value_name = "ID")]
     pub client_id: Option<String>,
+    /// A user-assigned managed identity by its object (principal) id, instead of
+    /// --client-id.
+    #[arg(long, env = "KEYLESS_OBJECT_ID", value_name = "ID")]
+    pub object_id: Option<String>,
+    /// A user-assigned managed identity by its Azure resource id (IMDS only), instead of
+    /// --client-id.
+    #[arg(long, env = "KEYLESS_RESOURCE_ID", value_name = "ID")]
+    pub resource_id: Option<String>,
     /// Entra authority host for sovereign clouds, e.g. https://login.microsoftonline.us.
     #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL")]
     pub authority_host: Option<String>,
@@ -165,8 +179,12 @@ fn parse_model_mapping(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The config file as written. Unknown keys are collected by [`Config::load`] before this
-/// is deserialized, so that all of them are reported.
+/// The config file as written: the one list of its keys. [`parse_file`] reads it key by
+/// key ([`read`]), so every unknown key and every bad value is reported with its path; the
+/// validators in [`Config::merge`] then check what types cannot (one a section).
+///
+/// Every field is optional here, even the required ones (checked by the validators): a key
+/// must deserialize alone. Adding a key is one field here, then its use in `merge`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -176,11 +194,13 @@ struct RawConfig {
     api_version: Option<String>,
     deployment: Option<String>,
     #[serde(default)]
-    models: HashMap<String, RawModel>,
+    models: Entries<RawModel>,
     credential: Option<CredentialKind>,
     scope: Option<String>,
     tenant_id: Option<String>,
     client_id: Option<String>,
+    object_id: Option<String>,
+    resource_id: Option<String>,
     authority_host: Option<String>,
     max_body_bytes: Option<usize>,
     #[serde(default, with = "opt_duration")]
@@ -201,19 +221,23 @@ struct RawConfig {
     realtime_max_session: Option<Duration>,
     ca_file: Option<PathBuf>,
     workers: Option<usize>,
-    retry: Option<RawRetry>,
-    limits: Option<RawLimits>,
-    connections: Option<RawConnections>,
     #[serde(default)]
-    apps: Vec<RawApp>,
-    usage: Option<RawUsage>,
+    retry: Section<RawRetry>,
+    #[serde(default)]
+    limits: Section<RawLimits>,
+    #[serde(default)]
+    connections: Section<RawConnections>,
+    #[serde(default)]
+    apps: List<Section<RawApp>>,
+    #[serde(default)]
+    usage: Section<RawUsage>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApp {
-    name: String,
-    key_sha256: String,
+    name: Option<String>,
+    key_sha256: Option<String>,
     models: Option<Vec<String>>,
     rpm: Option<u32>,
     tpm: Option<u32>,
@@ -226,19 +250,36 @@ struct RawUsage {
 }
 
 /// `[models]` values: a deployment name, or an ordered list of backends.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum RawModel {
     Deployment(String),
     Backends(Vec<RawBackend>),
 }
 
-#[derive(Debug, Deserialize)]
+impl<'de> Deserialize<'de> for RawModel {
+    // By the value's type rather than `#[serde(untagged)]`, whose one message ("did not
+    // match any variant") would hide which backend field is wrong.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(deployment) => Ok(RawModel::Deployment(deployment)),
+            list @ toml::Value::Array(_) => List::<Section<RawBackend>>::deserialize(list)
+                .map(|backends| RawModel::Backends(backends.0.into_iter().map(|b| b.0).collect()))
+                .map_err(|e| D::Error::custom(e.message())),
+            other => Err(D::Error::custom(format!(
+                "expected a deployment name or a list of backends, not {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBackend {
     name: Option<String>,
     endpoint: Option<String>,
-    deployment: String,
+    deployment: Option<String>,
     priority: Option<u32>,
     weight: Option<u32>,
     scope: Option<String>,
@@ -283,7 +324,7 @@ struct RawLimits {
     #[serde(default, with = "opt_duration")]
     queue_timeout: Option<Duration>,
     #[serde(default)]
-    deployments: HashMap<String, DeploymentLimits>,
+    deployments: Entries<Section<DeploymentLimits>>,
     backend: Option<LimitBackendKind>,
     redis_url: Option<String>,
     #[serde(default, with = "opt_duration")]
@@ -298,38 +339,6 @@ enum LimitBackendKind {
     Local,
     Redis,
 }
-
-const KNOWN_KEYS: &[&str] = &[
-    "listen",
-    "endpoint",
-    "api",
-    "api_version",
-    "deployment",
-    "models",
-    "credential",
-    "scope",
-    "tenant_id",
-    "client_id",
-    "authority_host",
-    "max_body_bytes",
-    "connect_timeout",
-    "response_timeout",
-    "token_timeout",
-    "idle_timeout",
-    "log_format",
-    "admin_listen",
-    "shutdown_grace",
-    "realtime_idle_timeout",
-    "realtime_max_session",
-    "ca_file",
-    "workers",
-    "retry",
-    "limits",
-    "connections",
-    "apps",
-    "usage",
-];
-
 mod opt_duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -512,7 +521,7 @@ pub struct BackendSpec {
     /// one are cooling down or at their limits.
     pub priority: u32,
     /// Share of traffic among backends of the same priority.
-    pub weight: u32,
+    pub weight: NonZeroU32,
     /// Entra scope for this endpoint, if not the global one.
     pub scope: Option<String>,
 }
@@ -521,7 +530,7 @@ pub struct BackendSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (1 = no retry).
-    pub attempts: u32,
+    pub attempts: NonZeroU32,
     /// Longest wait before a retry that keyless accepts.
     pub max_wait: Duration,
     /// No attempt starts later than this after the request arrived.
@@ -540,7 +549,8 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            attempts: 3,
+            // 3, without an unwrap.
+            attempts: NonZeroU32::MIN.saturating_add(2),
             max_wait: Duration::from_secs(60),
             deadline: Duration::from_secs(300),
             max_replay_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -605,7 +615,7 @@ pub struct Config {
     /// Entra scope.
     pub scope: String,
     /// Largest body keyless reads.
-    pub max_body_bytes: usize,
+    pub max_body_bytes: NonZeroUsize,
     /// Timeouts.
     pub timeouts: Timeouts,
     /// Retries.
@@ -630,7 +640,7 @@ pub struct Config {
     /// Extra CA certificates to trust for Azure.
     pub ca_file: Option<PathBuf>,
     /// Threads serving the proxy's connections.
-    pub workers: usize,
+    pub workers: NonZeroUsize,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -671,8 +681,15 @@ impl Config {
         Self::merge(flags, raw)
     }
 
-    fn merge(flags: &Flags, raw: RawConfig) -> Result<Config, ConfigError> {
+    /// Merges `flags` over `raw` and validates it, one validator a section, collecting
+    /// every problem with its key path.
+    fn merge(flags: &Flags, mut raw: RawConfig) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
+        let p = &mut problems;
+        // The sections read by reference first; the rest move out of `raw` below.
+        let credential = credential(flags, &mut raw, p);
+        let timeouts = timeouts(flags, &raw, p);
+        let realtime = realtime(flags, &raw, p);
 
         let api = flags.api.or(raw.api).unwrap_or_default();
         let api_version = flags
@@ -681,296 +698,56 @@ impl Config {
             .or(raw.api_version)
             .unwrap_or_else(|| DEFAULT_API_VERSION.to_owned());
         if api_version.is_empty() {
-            problems.push("api_version must not be empty".to_owned());
+            p.push("api_version must not be empty".to_owned());
         }
-
-        let mut models = HashMap::new();
-        for (model, route) in raw.models {
-            match validate_route(&model, route) {
-                Ok(route) => {
-                    models.insert(model, route);
-                }
-                Err(mut p) => problems.append(&mut p),
-            }
-        }
-        for (model, deployment) in &flags.models {
-            models.insert(model.clone(), ModelRoute::Deployment(deployment.clone()));
-        }
-        // Names Azure would refuse, or that would reshape the upstream path, are refused
-        // here rather than on every request.
-        let mut names: Vec<(String, &str, &str)> = Vec::new();
-        for (model, route) in &models {
-            names.push((format!("models.{model}"), "model", model));
-            match route {
-                ModelRoute::Deployment(d) => {
-                    names.push((format!("models.{model}"), "deployment", d))
-                }
-                ModelRoute::Backends(backends) => {
-                    for (i, b) in backends.iter().enumerate() {
-                        names.push((format!("models.{model}[{i}]"), "deployment", &b.deployment));
-                    }
-                }
-            }
-        }
+        let models = models(flags, raw.models, p);
         let default_deployment = flags.deployment.clone().or(raw.deployment);
         if let Some(d) = &default_deployment {
-            names.push(("deployment".to_owned(), "deployment", d));
+            check_name(p, "deployment", "deployment", d);
         }
-        let limited: Vec<String> = raw
-            .limits
-            .as_ref()
-            .map(|l| l.deployments.keys().cloned().collect())
-            .unwrap_or_default();
-        for d in &limited {
-            names.push((format!("limits.deployments.{d}"), "deployment", d));
-        }
-        for (at, kind, name) in names {
-            if let Err(e) = crate::route::check_name(kind, name) {
-                problems.push(format!("{at}: {e}"));
-            }
-        }
-
         let scope = flags
             .scope
             .clone()
             .or(raw.scope)
             .unwrap_or_else(|| DEFAULT_SCOPE.to_owned());
         if !scope.starts_with("https://") && !scope.starts_with("api://") {
-            problems.push(format!(
+            p.push(format!(
                 "scope {scope:?} should be a URL such as {DEFAULT_SCOPE}"
             ));
         }
-
-        let authority_host = match flags.authority_host.clone().or(raw.authority_host) {
-            Some(text) => match Url::parse(&text) {
-                Ok(url) if url.scheme() == "https" || is_loopback(&url) => Some(url),
-                Ok(_) => {
-                    problems.push(format!("authority host {text:?} must be https"));
-                    None
-                }
-                Err(e) => {
-                    problems.push(format!("authority host {text:?} is not a URL: {e}"));
-                    None
-                }
-            },
-            None => None,
-        };
-
-        let target = if flags.simulate {
-            Some(Target::Simulate)
-        } else {
-            match flags.endpoint.clone().or(raw.endpoint) {
-                Some(text) => match normalise_endpoint(&text) {
-                    Ok(endpoint) => Some(Target::Azure {
-                        endpoint,
-                        credential: Box::new(CredentialSettings {
-                            kind: flags.credential.or(raw.credential).unwrap_or_default(),
-                            tenant_id: flags.tenant_id.clone().or(raw.tenant_id),
-                            client_id: flags.client_id.clone().or(raw.client_id),
-                            authority_host,
-                            ..CredentialSettings::default()
-                        }),
-                    }),
-                    Err(problem) => {
-                        problems.push(problem);
-                        None
-                    }
-                },
-                None => {
-                    problems.push(
-                        "no Azure OpenAI endpoint: pass --endpoint https://<resource>.openai.azure.com \
-                         (or set AZURE_OPENAI_ENDPOINT, or `endpoint` in the config file), \
-                         or try keyless with --simulate"
-                            .to_owned(),
-                    );
-                    None
-                }
-            }
-        };
+        let target = target(flags, raw.endpoint, credential, p);
 
         let max_body_bytes = flags
             .max_body_bytes
             .or(raw.max_body_bytes)
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        if max_body_bytes == 0 {
-            problems.push("max_body_bytes must be positive".to_owned());
-        }
+            .map_or(Some(DEFAULT_MAX_BODY), NonZeroUsize::new)
+            .unwrap_or_else(|| {
+                p.push("max_body_bytes must be positive".to_owned());
+                DEFAULT_MAX_BODY
+            });
         // One a core, as nginx's `worker_processes auto`; the cgroup's CPU quota counts.
-        let workers = flags.workers.or(raw.workers).unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        });
-        if workers == 0 {
-            problems.push("workers must be at least 1".to_owned());
-        }
-
-        let timeouts = Timeouts {
-            connect: flags
-                .connect_timeout
-                .or(raw.connect_timeout)
-                .unwrap_or(Duration::from_secs(10)),
-            response: flags
-                .response_timeout
-                .or(raw.response_timeout)
-                .unwrap_or(Duration::from_secs(600)),
-            idle: flags
-                .idle_timeout
-                .or(raw.idle_timeout)
-                .unwrap_or(Duration::from_secs(600)),
-            token: flags
-                .token_timeout
-                .or(raw.token_timeout)
-                .unwrap_or(Duration::from_secs(30)),
+        let workers = match flags.workers.or(raw.workers) {
+            Some(n) => NonZeroUsize::new(n).unwrap_or_else(|| {
+                p.push("workers must be at least 1".to_owned());
+                NonZeroUsize::MIN
+            }),
+            None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
         };
-        let raw_retry = raw.retry.unwrap_or_default();
-        let defaults = RetryPolicy::default();
-        let retry = RetryPolicy {
-            attempts: flags
-                .max_attempts
-                .or(raw_retry.attempts)
-                .unwrap_or(defaults.attempts),
-            max_wait: flags
-                .retry_max_wait
-                .or(raw_retry.max_wait)
-                .unwrap_or(defaults.max_wait),
-            deadline: raw_retry.deadline.unwrap_or(defaults.deadline),
-            max_replay_bytes: raw_retry
-                .max_replay_bytes
-                .unwrap_or(defaults.max_replay_bytes),
-            backoff_base: raw_retry.backoff_base.unwrap_or(defaults.backoff_base),
-            backoff_cap: raw_retry.backoff_cap.unwrap_or(defaults.backoff_cap),
-            replay_budget_bytes: raw_retry
-                .replay_budget_bytes
-                .unwrap_or(defaults.replay_budget_bytes),
-        };
-        if retry.attempts == 0 {
-            problems.push("retry.attempts must be at least 1 (1 means no retry)".to_owned());
-        }
-        let raw_limits = raw.limits.unwrap_or_default();
-        let redis_url = flags.redis_url.clone().or(raw_limits.redis_url);
-        let backend = match (raw_limits.backend.unwrap_or_default(), redis_url) {
-            (LimitBackendKind::Local, _) => LimitBackend::Local,
-            (LimitBackendKind::Redis, Some(url)) => {
-                match Url::parse(&url) {
-                    Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
-                    _ => problems.push(format!(
-                        "limits.redis_url {} must be a redis:// or rediss:// URL",
-                        redact_url(&url)
-                    )),
-                }
-                let timeout = raw_limits
-                    .redis_timeout
-                    .unwrap_or(crate::shared_limit::DEFAULT_TIMEOUT);
-                if timeout.is_zero() {
-                    problems.push("limits.redis_timeout must be positive".to_owned());
-                }
-                LimitBackend::Redis { url, timeout }
-            }
-            (LimitBackendKind::Redis, None) => {
-                problems.push(
-                    "limits.backend = \"redis\" needs limits.redis_url (or --redis-url, KEYLESS_REDIS_URL)"
-                        .to_owned(),
-                );
-                LimitBackend::Local
-            }
-        };
-        let limits = Limits {
-            mode: raw_limits.mode.unwrap_or_default(),
-            queue_timeout: raw_limits.queue_timeout.unwrap_or(Duration::from_secs(30)),
-            deployments: raw_limits.deployments,
-            backend,
-        };
-        let apps = validate_apps(raw.apps, &mut problems);
-        let stream_include_usage = raw
-            .usage
-            .and_then(|u| u.stream_include_usage)
-            .unwrap_or(false);
-        let otlp = match flags.otlp_endpoint.clone().filter(|e| !e.is_empty()) {
-            Some(endpoint) => {
-                match Url::parse(&endpoint) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                    _ => problems.push(format!(
-                        "--otlp-endpoint {} must be an http:// or https:// URL",
-                        redact_url(&endpoint)
-                    )),
-                }
-                match crate::otel::Settings::from_env(endpoint) {
-                    Ok(settings) => Some(settings),
-                    Err(problem) => {
-                        problems.push(problem);
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
+        let retry = retry(flags, raw.retry.0, p);
+        let limits = limits(flags, raw.limits.0, p);
+        let apps = apps(raw.apps, p);
+        let stream_include_usage = raw.usage.0.stream_include_usage.unwrap_or(false);
+        let otlp = otlp(flags, p);
         let listen = flags.listen.or(raw.listen).unwrap_or_else(default_listen);
         if !listen.ip().is_loopback() && apps.is_empty() && !flags.allow_unauthenticated {
-            problems.push(format!(
+            p.push(format!(
                 "listen address {listen} is not loopback and no [[apps]] are configured: anyone \
                  who reaches it would spend this identity. Configure app keys ([[apps]] with \
                  key_sha256, see `keyless hash-key`), listen on 127.0.0.1, or pass \
                  --allow-unauthenticated if the network is the guard"
             ));
         }
-        let raw_connections = raw.connections.unwrap_or_default();
-        let connection_defaults = Connections::default();
-        let connections = Connections {
-            header_timeout: raw_connections
-                .header_timeout
-                .unwrap_or(connection_defaults.header_timeout),
-            idle_timeout: raw_connections
-                .idle_timeout
-                .unwrap_or(connection_defaults.idle_timeout),
-            max: raw_connections.max.or(connection_defaults.max),
-            h2_keepalive_interval: raw_connections
-                .h2_keepalive_interval
-                .unwrap_or(connection_defaults.h2_keepalive_interval),
-            h2_keepalive_timeout: raw_connections
-                .h2_keepalive_timeout
-                .unwrap_or(connection_defaults.h2_keepalive_timeout),
-            body_timeout: raw_connections
-                .body_timeout
-                .unwrap_or(connection_defaults.body_timeout),
-        };
-        if connections.max == Some(0) {
-            problems.push("connections.max must be at least 1".to_owned());
-        }
-        let realtime_defaults = RealtimeLimits::default();
-        let realtime = RealtimeLimits {
-            idle: flags
-                .realtime_idle_timeout
-                .or(raw.realtime_idle_timeout)
-                .unwrap_or(realtime_defaults.idle),
-            max_session: flags
-                .realtime_max_session
-                .or(raw.realtime_max_session)
-                .unwrap_or(realtime_defaults.max_session),
-        };
-        for (name, value) in [
-            ("realtime_idle_timeout", realtime.idle),
-            ("realtime_max_session", realtime.max_session),
-            ("connections.header_timeout", connections.header_timeout),
-            ("connections.idle_timeout", connections.idle_timeout),
-            (
-                "connections.h2_keepalive_interval",
-                connections.h2_keepalive_interval,
-            ),
-            (
-                "connections.h2_keepalive_timeout",
-                connections.h2_keepalive_timeout,
-            ),
-            ("connections.body_timeout", connections.body_timeout),
-            ("connect_timeout", timeouts.connect),
-            ("response_timeout", timeouts.response),
-            ("idle_timeout", timeouts.idle),
-            ("token_timeout", timeouts.token),
-            ("retry.deadline", retry.deadline),
-            ("retry.backoff_cap", retry.backoff_cap),
-        ] {
-            if value.is_zero() {
-                problems.push(format!("{name} must be positive"));
-            }
-        }
+        let connections = connections(raw.connections.0, p);
 
         match target {
             Some(target) if problems.is_empty() => Ok(Config {
@@ -1016,25 +793,326 @@ impl Config {
     }
 }
 
+/// `value` (or `default`), refused when zero: every timeout and interval must be positive.
+fn positive(
+    problems: &mut Vec<String>,
+    path: &str,
+    value: Option<Duration>,
+    default: Duration,
+) -> Duration {
+    let value = value.unwrap_or(default);
+    if value.is_zero() {
+        problems.push(format!("{path} must be positive"));
+    }
+    value
+}
+
+/// Names Azure would refuse, or that would reshape the upstream path, are refused here
+/// rather than on every request.
+fn check_name(problems: &mut Vec<String>, at: &str, kind: &str, name: &str) {
+    if let Err(e) = crate::route::check_name(kind, name) {
+        problems.push(format!("{at}: {e}"));
+    }
+}
+
+/// The credential settings: flags over the file; the authority host held to the one rule.
+fn credential(
+    flags: &Flags,
+    raw: &mut RawConfig,
+    problems: &mut Vec<String>,
+) -> CredentialSettings {
+    CredentialSettings {
+        kind: flags.credential.or(raw.credential).unwrap_or_default(),
+        tenant_id: flags.tenant_id.clone().or(raw.tenant_id.take()),
+        client_id: flags.client_id.clone().or(raw.client_id.take()),
+        object_id: flags.object_id.clone().or(raw.object_id.take()),
+        resource_id: flags.resource_id.clone().or(raw.resource_id.take()),
+        authority_host: flags
+            .authority_host
+            .clone()
+            .or(raw.authority_host.take())
+            .and_then(|text| {
+                parse_authority_host(&text)
+                    .map_err(|e| problems.push(format!("authority_host: {e}")))
+                    .ok()
+            }),
+        ..CredentialSettings::default()
+    }
+}
+
+/// Timeouts towards Azure and the identity: flags over the file, each positive.
+fn timeouts(flags: &Flags, raw: &RawConfig, p: &mut Vec<String>) -> Timeouts {
+    Timeouts {
+        connect: positive(
+            p,
+            "connect_timeout",
+            flags.connect_timeout.or(raw.connect_timeout),
+            Duration::from_secs(10),
+        ),
+        response: positive(
+            p,
+            "response_timeout",
+            flags.response_timeout.or(raw.response_timeout),
+            Duration::from_secs(600),
+        ),
+        idle: positive(
+            p,
+            "idle_timeout",
+            flags.idle_timeout.or(raw.idle_timeout),
+            Duration::from_secs(600),
+        ),
+        token: positive(
+            p,
+            "token_timeout",
+            flags.token_timeout.or(raw.token_timeout),
+            Duration::from_secs(30),
+        ),
+    }
+}
+
+/// Where requests go: the simulator, or the endpoint with `credential`.
+fn target(
+    flags: &Flags,
+    endpoint: Option<String>,
+    credential: CredentialSettings,
+    problems: &mut Vec<String>,
+) -> Option<Target> {
+    if flags.simulate {
+        return Some(Target::Simulate);
+    }
+    let Some(text) = flags.endpoint.clone().or(endpoint) else {
+        problems.push(
+            "no Azure OpenAI endpoint: pass --endpoint https://<resource>.openai.azure.com \
+             (or set AZURE_OPENAI_ENDPOINT, or `endpoint` in the config file), \
+             or try keyless with --simulate"
+                .to_owned(),
+        );
+        return None;
+    };
+    match normalise_endpoint(&text) {
+        Ok(endpoint) => Some(Target::Azure {
+            endpoint,
+            credential: Box::new(credential),
+        }),
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
+    }
+}
+
+/// `[models]` and `--model`: every route checked, the flags winning.
+fn models(
+    flags: &Flags,
+    raw: Entries<RawModel>,
+    problems: &mut Vec<String>,
+) -> HashMap<String, ModelRoute> {
+    let mut models = HashMap::new();
+    for (model, route) in raw.0 {
+        match validate_route(&model, route) {
+            Ok(route) => {
+                models.insert(model, route);
+            }
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    for (model, deployment) in &flags.models {
+        models.insert(model.clone(), ModelRoute::Deployment(deployment.clone()));
+    }
+    for (model, route) in &models {
+        let at = format!("models.{model}");
+        check_name(problems, &at, "model", model);
+        match route {
+            ModelRoute::Deployment(d) => check_name(problems, &at, "deployment", d),
+            ModelRoute::Backends(backends) => {
+                for (i, b) in backends.iter().enumerate() {
+                    check_name(problems, &format!("{at}[{i}]"), "deployment", &b.deployment);
+                }
+            }
+        }
+    }
+    models
+}
+
+/// `[retry]`, with `--max-attempts` and `--retry-max-wait` over it.
+fn retry(flags: &Flags, raw: RawRetry, problems: &mut Vec<String>) -> RetryPolicy {
+    let defaults = RetryPolicy::default();
+    let attempts = match flags.max_attempts.or(raw.attempts) {
+        Some(n) => NonZeroU32::new(n).unwrap_or_else(|| {
+            problems.push("retry.attempts must be at least 1 (1 means no retry)".to_owned());
+            defaults.attempts
+        }),
+        None => defaults.attempts,
+    };
+    RetryPolicy {
+        attempts,
+        max_wait: flags
+            .retry_max_wait
+            .or(raw.max_wait)
+            .unwrap_or(defaults.max_wait),
+        deadline: positive(problems, "retry.deadline", raw.deadline, defaults.deadline),
+        max_replay_bytes: raw.max_replay_bytes.unwrap_or(defaults.max_replay_bytes),
+        backoff_base: raw.backoff_base.unwrap_or(defaults.backoff_base),
+        backoff_cap: positive(
+            problems,
+            "retry.backoff_cap",
+            raw.backoff_cap,
+            defaults.backoff_cap,
+        ),
+        replay_budget_bytes: raw
+            .replay_budget_bytes
+            .unwrap_or(defaults.replay_budget_bytes),
+    }
+}
+
+/// `[limits]`, with `--redis-url` over `limits.redis_url`.
+fn limits(flags: &Flags, raw: RawLimits, problems: &mut Vec<String>) -> Limits {
+    let redis_url = flags.redis_url.clone().or(raw.redis_url);
+    let backend = match (raw.backend.unwrap_or_default(), redis_url) {
+        (LimitBackendKind::Local, _) => LimitBackend::Local,
+        (LimitBackendKind::Redis, Some(url)) => {
+            match Url::parse(&url) {
+                Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
+                _ => problems.push(format!(
+                    "limits.redis_url {} must be a redis:// or rediss:// URL",
+                    redact_url(&url)
+                )),
+            }
+            let timeout = raw
+                .redis_timeout
+                .unwrap_or(crate::shared_limit::DEFAULT_TIMEOUT);
+            if timeout.is_zero() {
+                problems.push("limits.redis_timeout must be positive".to_owned());
+            }
+            LimitBackend::Redis { url, timeout }
+        }
+        (LimitBackendKind::Redis, None) => {
+            problems.push(
+                "limits.backend = \"redis\" needs limits.redis_url (or --redis-url, KEYLESS_REDIS_URL)"
+                    .to_owned(),
+            );
+            LimitBackend::Local
+        }
+    };
+    let mut deployments = HashMap::new();
+    for (name, limits) in raw.deployments.0 {
+        check_name(
+            problems,
+            &format!("limits.deployments.{name}"),
+            "deployment",
+            &name,
+        );
+        deployments.insert(name, limits.0);
+    }
+    Limits {
+        mode: raw.mode.unwrap_or_default(),
+        queue_timeout: raw.queue_timeout.unwrap_or(Duration::from_secs(30)),
+        deployments,
+        backend,
+    }
+}
+
+/// `--otlp-endpoint` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) and the protocol variables.
+fn otlp(flags: &Flags, problems: &mut Vec<String>) -> Option<crate::otel::Settings> {
+    let endpoint = flags.otlp_endpoint.clone().filter(|e| !e.is_empty())?;
+    match Url::parse(&endpoint) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => problems.push(format!(
+            "--otlp-endpoint {} must be an http:// or https:// URL",
+            redact_url(&endpoint)
+        )),
+    }
+    crate::otel::Settings::from_env(endpoint)
+        .map_err(|problem| problems.push(problem))
+        .ok()
+}
+
+/// `realtime_idle_timeout` and `realtime_max_session`, flags over the file.
+fn realtime(flags: &Flags, raw: &RawConfig, problems: &mut Vec<String>) -> RealtimeLimits {
+    let defaults = RealtimeLimits::default();
+    RealtimeLimits {
+        idle: positive(
+            problems,
+            "realtime_idle_timeout",
+            flags.realtime_idle_timeout.or(raw.realtime_idle_timeout),
+            defaults.idle,
+        ),
+        max_session: positive(
+            problems,
+            "realtime_max_session",
+            flags.realtime_max_session.or(raw.realtime_max_session),
+            defaults.max_session,
+        ),
+    }
+}
+
+/// `[connections]`.
+fn connections(raw: RawConnections, problems: &mut Vec<String>) -> Connections {
+    let defaults = Connections::default();
+    if raw.max == Some(0) {
+        problems.push("connections.max must be at least 1".to_owned());
+    }
+    Connections {
+        header_timeout: positive(
+            problems,
+            "connections.header_timeout",
+            raw.header_timeout,
+            defaults.header_timeout,
+        ),
+        idle_timeout: positive(
+            problems,
+            "connections.idle_timeout",
+            raw.idle_timeout,
+            defaults.idle_timeout,
+        ),
+        max: raw.max.or(defaults.max),
+        h2_keepalive_interval: positive(
+            problems,
+            "connections.h2_keepalive_interval",
+            raw.h2_keepalive_interval,
+            defaults.h2_keepalive_interval,
+        ),
+        h2_keepalive_timeout: positive(
+            problems,
+            "connections.h2_keepalive_timeout",
+            raw.h2_keepalive_timeout,
+            defaults.h2_keepalive_timeout,
+        ),
+        body_timeout: positive(
+            problems,
+            "connections.body_timeout",
+            raw.body_timeout,
+            defaults.body_timeout,
+        ),
+    }
+}
+
 /// `[[apps]]`: unique names and keys, a well-formed SHA-256, positive limits.
-fn validate_apps(raw: Vec<RawApp>, problems: &mut Vec<String>) -> Vec<AppSpec> {
-    let mut apps: Vec<AppSpec> = Vec::with_capacity(raw.len());
-    for (i, app) in raw.into_iter().enumerate() {
-        let at = format!("apps[{i}] ({})", app.name);
+fn apps(raw: List<Section<RawApp>>, problems: &mut Vec<String>) -> Vec<AppSpec> {
+    let mut apps: Vec<AppSpec> = Vec::with_capacity(raw.0.len());
+    for (i, Section(app)) in raw.0.into_iter().enumerate() {
         let mut ok = true;
-        if app.name.is_empty()
-            || app.name.len() > 64
-            || !app
-                .name
+        let named = app.name.is_some();
+        let (at, name) = match app.name {
+            Some(name) => (format!("apps[{i}] ({name})"), name),
+            None => {
+                problems.push(format!("apps[{i}]: name is missing"));
+                ok = false;
+                (format!("apps[{i}]"), String::new())
+            }
+        };
+        let well_formed = !name.is_empty()
+            && name.len() <= 64
+            && name
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if named && !well_formed {
             problems.push(format!(
                 "{at}: name must be 1 to 64 letters, digits, '-', '_' or '.'"
             ));
             ok = false;
         }
-        let hash = parse_sha256(&app.key_sha256);
+        let hash = app.key_sha256.as_deref().and_then(parse_sha256);
         if hash.is_none() {
             // The value is not shown: it may be a key pasted by mistake.
             problems.push(format!(
@@ -1042,19 +1120,24 @@ fn validate_apps(raw: Vec<RawApp>, problems: &mut Vec<String>) -> Vec<AppSpec> {
             ));
             ok = false;
         }
-        for (key, value) in [("rpm", app.rpm), ("tpm", app.tpm)] {
-            if value == Some(0) {
+        let mut at_least_one = |key: &str, value: Option<u32>| match value.map(NonZeroU32::new) {
+            Some(None) => {
                 problems.push(format!("{at}: {key} must be at least 1"));
                 ok = false;
+                None
             }
-        }
+            Some(n) => n,
+            None => None,
+        };
+        let rpm = at_least_one("rpm", app.rpm);
+        let tpm = at_least_one("tpm", app.tpm);
         if app.models.as_ref().is_some_and(Vec::is_empty) {
             problems.push(format!(
                 "{at}: models is empty (leave it out to allow any model)"
             ));
             ok = false;
         }
-        if apps.iter().any(|a| a.name == app.name) {
+        if named && apps.iter().any(|a| a.name == name) {
             problems.push(format!("{at}: another app has this name"));
             ok = false;
         }
@@ -1066,11 +1149,11 @@ fn validate_apps(raw: Vec<RawApp>, problems: &mut Vec<String>) -> Vec<AppSpec> {
         }
         if let (true, Some(key_sha256)) = (ok, hash) {
             apps.push(AppSpec {
-                name: app.name,
+                name,
                 key_sha256,
                 models: app.models,
-                rpm: app.rpm.and_then(NonZeroU32::new),
-                tpm: app.tpm.and_then(NonZeroU32::new),
+                rpm,
+                tpm,
             });
         }
     }
@@ -1120,26 +1203,35 @@ fn validate_route(model: &str, route: RawModel) -> Result<ModelRoute, Vec<String
             }
             None => None,
         };
-        if raw.deployment.is_empty() {
-            problems.push(format!("{at}: deployment is empty"));
-        }
-        if raw.weight == Some(0) {
-            problems.push(format!("{at}: weight must be at least 1"));
-        }
+        let deployment = match raw.deployment {
+            Some(d) if d.is_empty() => {
+                problems.push(format!("{at}: deployment is empty"));
+                d
+            }
+            Some(d) => d,
+            None => {
+                problems.push(format!("{at}: deployment is missing"));
+                continue;
+            }
+        };
+        let weight = match raw.weight.map(NonZeroU32::new) {
+            Some(None) => {
+                problems.push(format!("{at}: weight must be at least 1"));
+                NonZeroU32::MIN
+            }
+            Some(Some(w)) => w,
+            None => NonZeroU32::MIN,
+        };
         let name = raw.name.unwrap_or_else(|| match &endpoint {
-            Some(url) => format!(
-                "{}/{}",
-                url.host_str().unwrap_or("endpoint"),
-                raw.deployment
-            ),
-            None => raw.deployment.clone(),
+            Some(url) => format!("{}/{}", url.host_str().unwrap_or("endpoint"), deployment),
+            None => deployment.clone(),
         });
         specs.push(BackendSpec {
             name,
             endpoint,
-            deployment: raw.deployment,
+            deployment,
             priority: raw.priority.unwrap_or(0),
-            weight: raw.weight.unwrap_or(1),
+            weight,
             scope: raw.scope,
         });
     }
@@ -1156,34 +1248,11 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8787))
 }
 
-/// Parses the config file, collecting every unknown key and every bad value.
+/// Parses the config file, collecting every unknown key and every bad value at every depth
+/// (see [`read`]).
 fn parse_file(text: &str) -> Result<RawConfig, Vec<String>> {
     let table: toml::Table = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
-    let unknown: Vec<String> = table
-        .keys()
-        .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
-        .map(|k| format!("unknown key `{k}` (known keys: {})", KNOWN_KEYS.join(", ")))
-        .collect();
-    let mut problems = unknown;
-    // Deserialize the known keys one at a time so that each bad value is reported.
-    let mut known = toml::Table::new();
-    for (key, value) in table {
-        if !KNOWN_KEYS.contains(&key.as_str()) {
-            continue;
-        }
-        let mut single = toml::Table::new();
-        single.insert(key.clone(), value.clone());
-        match RawConfig::deserialize(single) {
-            Ok(_) => {
-                known.insert(key, value);
-            }
-            Err(e) => problems.push(format!("`{key}`: {}", e.message())),
-        }
-    }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    RawConfig::deserialize(known).map_err(|e| vec![e.message().to_owned()])
+    read::table(table).map_err(read::lines)
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -1245,15 +1314,15 @@ mod tests {
         assert_eq!(c.api, ApiStyle::V1);
         assert_eq!(c.api_version, DEFAULT_API_VERSION);
         assert_eq!(c.scope, DEFAULT_SCOPE);
-        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.max_body_bytes.get(), DEFAULT_MAX_BODY_BYTES);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(c.workers, cores, "one worker a core");
+        assert_eq!(c.workers.get(), cores, "one worker a core");
     }
 
     #[test]
     fn workers_come_from_the_file_and_zero_is_refused() {
         let raw = parse_file("workers = 3\n").unwrap();
-        assert_eq!(Config::merge(&flags(), raw).unwrap().workers, 3);
+        assert_eq!(Config::merge(&flags(), raw).unwrap().workers.get(), 3);
         let mut f = flags();
         f.workers = Some(0);
         let err = Config::merge(&f, RawConfig::default()).unwrap_err();
@@ -1301,6 +1370,102 @@ mod tests {
     }
 
     #[test]
+    fn problems_at_every_depth_are_reported_in_one_pass_with_their_paths() {
+        let problems = parse_file(
+            r#"
+listn = 1
+[retry]
+attempts = "three"
+max_wait = 5
+atempts = 1
+[limits]
+mode = "later"
+[limits.deployments.d]
+rpm = 0
+rpmm = 1
+[models]
+ok = "dep"
+a = [ { deployment = "x" }, { deploymnet = "x", weight = "heavy" } ]
+b = 3
+[[apps]]
+nam = "x"
+[usage]
+stream_include_usage = "yes"
+"#,
+        )
+        .unwrap_err();
+        let text = problems.join("\n");
+        for at in [
+            "`listn`: unknown key",
+            "`retry.attempts`: invalid type",
+            "`retry.max_wait`: invalid type",
+            "`retry.atempts`: unknown key",
+            "`limits.mode`: unknown variant",
+            "`limits.deployments.d.rpm`: invalid value",
+            "`limits.deployments.d.rpmm`: unknown key",
+            "`models.a[1].deploymnet`: unknown key",
+            "`models.a[1].weight`: invalid type",
+            "`models.b`: expected a deployment name or a list of backends",
+            "`apps[0].nam`: unknown key",
+            "`usage.stream_include_usage`: invalid type",
+        ] {
+            assert!(text.contains(at), "{at} in\n{text}");
+        }
+        assert_eq!(problems.len(), 12, "{text}");
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let raw = parse_file("[models]\na = [{ weight = 2 }]\n[[apps]]\nrpm = 1\n").unwrap();
+        let text = Config::merge(&flags(), raw).unwrap_err().to_string();
+        assert!(
+            text.contains("models.a[0]: deployment is missing"),
+            "{text}"
+        );
+        assert!(text.contains("apps[0]: name is missing"), "{text}");
+        assert!(text.contains("apps[0]: key_sha256 must be"), "{text}");
+        let raw = parse_file("[[apps]]\nname = \"a\"\n").unwrap();
+        let text = Config::merge(&flags(), raw).unwrap_err().to_string();
+        assert!(text.contains("apps[0] (a): key_sha256 must be"), "{text}");
+    }
+
+    #[test]
+    fn the_authority_host_is_held_to_the_credential_rule() {
+        for bad in [
+            "http://127.0.0.1:9",
+            "http://login.microsoftonline.us",
+            "not a url",
+        ] {
+            let raw = parse_file(&format!("authority_host = {bad:?}\n")).unwrap();
+            let text = Config::merge(&flags(), raw).unwrap_err().to_string();
+            assert!(text.contains("authority_host:"), "{text}");
+        }
+        let raw = parse_file("authority_host = \"https://login.microsoftonline.us\"\n").unwrap();
+        let Target::Azure { credential, .. } = Config::merge(&flags(), raw).unwrap().target else {
+            panic!("azure")
+        };
+        assert_eq!(
+            credential.authority_host.unwrap().as_str(),
+            "https://login.microsoftonline.us/"
+        );
+    }
+
+    #[test]
+    fn a_user_assigned_identity_by_object_or_resource_id() {
+        let raw = parse_file("object_id = \"oid-1\"\n").unwrap();
+        let mut f = flags();
+        f.resource_id = Some("/subscriptions/s/resourceGroups/g/providers/x/id".into());
+        let Target::Azure { credential, .. } = Config::merge(&f, raw).unwrap().target else {
+            panic!("azure")
+        };
+        assert_eq!(credential.object_id.as_deref(), Some("oid-1"));
+        assert_eq!(
+            credential.resource_id.as_deref(),
+            Some("/subscriptions/s/resourceGroups/g/providers/x/id")
+        );
+    }
+
+    #[test]
     fn backend_lists_retry_and_limits_parse() {
         let raw = parse_file(
             r#"
@@ -1332,8 +1497,8 @@ max_concurrent = 2
         assert_eq!(b[0].name, "ptu.openai.azure.com/gpt4o-ptu");
         assert_eq!(b[1].name, "paygo");
         assert_eq!(b[1].endpoint, None);
-        assert_eq!(b[1].weight, 3);
-        assert_eq!(c.retry.attempts, 5);
+        assert_eq!(b[1].weight.get(), 3);
+        assert_eq!(c.retry.attempts.get(), 5);
         assert_eq!(c.retry.max_wait, Duration::from_secs(10));
         assert_eq!(c.limits.mode, LimitMode::Queue);
         assert_eq!(c.limits.deployments["dep"].rpm.unwrap().get(), 60);

@@ -5,6 +5,9 @@
 //! call the same function (or [`run_with_identity`] to bring their own token source).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// STYLE.md 11: no unwrap()/expect() outside tests and start-up; start-up places say so with
+// an `#[allow]` of their own. (`clippy.toml` lets tests use them.)
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod affinity;
 pub mod app;
@@ -98,6 +101,7 @@ pub async fn run(
                 run_with_identity(config, endpoint, simulator.identity(), listeners, shutdown)
                     .await;
             simulator_stop.cancel();
+            simulator.stopped().await;
             result
         }
     }
@@ -132,11 +136,11 @@ pub async fn run_with_identity(
             })
             .clone()
     };
-    let default = Arc::new(backend::Upstream {
+    let default = Arc::new(backend::Resource {
         endpoint: backend::Endpoint::new(&endpoint).map_err(StartError::Invalid)?,
         tokens: cache_for(&config.scope),
     });
-    let mut upstreams: HashMap<(String, String), Arc<backend::Upstream>> = HashMap::new();
+    let mut upstreams: HashMap<(String, String), Arc<backend::Resource>> = HashMap::new();
     let router = backend::Router::new(&config, default.clone(), |url, scope| {
         let url = url.unwrap_or(&endpoint);
         let scope = scope.unwrap_or(&config.scope);
@@ -144,7 +148,7 @@ pub async fn run_with_identity(
         if let Some(up) = upstreams.get(&key) {
             return Ok(up.clone());
         }
-        let up = Arc::new(backend::Upstream {
+        let up = Arc::new(backend::Resource {
             endpoint: backend::Endpoint::new(url)?,
             tokens: cache_for(scope),
         });
@@ -181,7 +185,7 @@ pub async fn run_with_identity(
     };
     let telemetry = Arc::new(telemetry);
     let grace = config.shutdown_grace;
-    let workers = config.workers;
+    let workers = config.workers.get();
     let bounds = config.connections;
     // WebSocket sessions outlive their connection in hyper's eyes: the drain waits on
     // this tracker for them, and they close (1001) when the grace is over.

@@ -1,4 +1,7 @@
 //! `keyless`: flags and environment -> tracing -> Config -> run until SIGTERM/SIGINT.
+#![forbid(unsafe_code)]
+// Start-up code, but it reports every failure by name all the same (STYLE.md 11).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use clap::{Parser, Subcommand};
 use keyless::config::{Config, Flags, LogFormat, Target};

@@ -225,7 +225,7 @@ pub(crate) async fn prepare(
     let multipart = mime.eq_ignore_ascii_case("multipart/form-data");
 
     if declared_json || (!multipart && expects_json(op)) {
-        let bytes = read_bounded(config, headers, body, config.max_body_bytes).await?;
+        let bytes = read_bounded(config, headers, body, config.max_body_bytes.get()).await?;
         let cap = config.retry.max_replay_bytes;
         if bytes.is_empty() {
             return Ok(Prepared::held(bytes, None, 0, cap));
@@ -254,7 +254,7 @@ pub(crate) async fn prepare(
     if multipart && op.has_multipart_model() {
         let boundary = multer::parse_boundary(content_type)
             .map_err(|e| Error::BadRequest(format!("invalid multipart content type: {e}")))?;
-        let bytes = read_bounded(config, headers, body, config.max_body_bytes).await?;
+        let bytes = read_bounded(config, headers, body, config.max_body_bytes.get()).await?;
         let model = model::find_form_model(&bytes, &boundary)
             .await
             .map_err(|e| Error::BadRequest(format!("invalid multipart body: {e}")))?
@@ -302,9 +302,14 @@ pub(crate) async fn hold_if_small(
     if body.is_end_stream() {
         return Ok(Prepared::held(Bytes::new(), None, 0, 0));
     }
-    let cap = config.retry.max_replay_bytes.min(config.max_body_bytes);
+    let cap = config
+        .retry
+        .max_replay_bytes
+        .min(config.max_body_bytes.get());
     let reservation = match declared_length(headers) {
-        Some(len) if len <= cap as u64 && config.retry.attempts > 1 => budget.reserve(len as usize),
+        Some(len) if len <= cap as u64 && config.retry.attempts.get() > 1 => {
+            budget.reserve(len as usize)
+        }
         _ => None,
     };
     match reservation {

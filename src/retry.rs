@@ -221,7 +221,7 @@ impl Attempts {
 
     /// Attempts allowed: the policy's, and one more after a token refresh.
     fn budget(&self) -> u32 {
-        self.policy.attempts + u32::from(self.reauthorised)
+        self.policy.attempts.get() + u32::from(self.reauthorised)
     }
 
     fn can_retry(&self, now: Instant) -> bool {
@@ -349,6 +349,7 @@ fn status_reason(status: StatusCode) -> &'static str {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use std::num::NonZeroU32;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -411,7 +412,7 @@ mod tests {
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
-            attempts: 3,
+            attempts: NonZeroU32::new(3).unwrap(),
             max_wait: Duration::from_secs(60),
             deadline: Duration::from_secs(300),
             ..RetryPolicy::default()
@@ -589,7 +590,7 @@ mod tests {
         let now = Instant::now();
         let mut a = Attempts::new(
             RetryPolicy {
-                attempts: 1,
+                attempts: NonZeroU32::MIN,
                 ..policy()
             },
             now,

@@ -1,19 +1,22 @@
 //! The client towards Azure: pooled connections, rustls, HTTP/2 when the server offers it
 //! through ALPN, HTTP/1.1 otherwise (and for plain-http loopback endpoints).
 
+pub mod pool;
+
 use crate::body::Body;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, header};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pool::Pool;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tower::ServiceExt;
 
 /// The most headers an HTTP/1 answer of Azure's may carry. hyper's default (100) is less
@@ -27,9 +30,6 @@ const MAX_HEADERS: usize = 512;
 /// The same bound for HTTP/2, in HPACK's measure (each header's name and value plus 32
 /// bytes): h2's default, 16 KB, holds only about 200 headers of Azure's usual size.
 const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
-
-/// Azure closes idle connections after about four minutes; keyless drops its own before.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The client keyless sends every upstream request through: one a worker, with a pool per
 /// endpoint of idle HTTP/1.1 connections (reused most recent first) and one shared
@@ -47,24 +47,7 @@ pub struct Client {
 
 struct Inner {
     connector: HttpsConnector<HttpConnector>,
-    pools: Mutex<Vec<Arc<Pool>>>,
-}
-
-/// The connections to one endpoint.
-struct Pool {
-    scheme: Scheme,
-    authority: Authority,
-    /// The `Host` header of HTTP/1.1 requests, made once.
-    host: HeaderValue,
-    state: Mutex<PoolState>,
-}
-
-#[derive(Default)]
-struct PoolState {
-    /// Idle HTTP/1.1 connections, the most recently used last.
-    idle: Vec<(http1::SendRequest<Body>, Instant)>,
-    /// The HTTP/2 connection every request shares, once Azure chose HTTP/2.
-    h2: Option<http2::SendRequest<Body>>,
+    pools: Mutex<Vec<Arc<Pool<Body>>>>,
 }
 
 /// Why a request got no response head.
@@ -87,62 +70,8 @@ pub enum SendError {
     NotAbsolute(Uri),
 }
 
-/// An HTTP/1.1 connection lent to one response: handed back to the pool when the body
-/// was read to its end, closed when it is dropped before (hyper cannot reuse it then).
-#[derive(Default)]
-pub struct Lease(Option<(Arc<Pool>, http1::SendRequest<Body>)>);
-
-impl Lease {
-    /// The body ended cleanly: the connection can carry the next request.
-    pub fn release(&mut self) {
-        if let Some((pool, sender)) = self.0.take() {
-            pool.lock().idle.push((sender, Instant::now()));
-        }
-    }
-}
-
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Lease").field(&self.0.is_some()).finish()
-    }
-}
-
-impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        // A panic elsewhere cannot leave the lists half-changed: every change is one push,
-        // pop or assignment.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The shared HTTP/2 connection while it is open.
-    fn h2(&self) -> Option<http2::SendRequest<Body>> {
-        let mut state = self.lock();
-        match &state.h2 {
-            Some(h2) if !h2.is_closed() => Some(h2.clone()),
-            Some(_) => {
-                state.h2 = None;
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// The most recently used idle connection that has not idled too long.
-    fn idle(&self) -> Option<http1::SendRequest<Body>> {
-        let mut state = self.lock();
-        while let Some((sender, since)) = state.idle.pop() {
-            if since.elapsed() > IDLE_TIMEOUT {
-                // The rest are older still.
-                state.idle.clear();
-                return None;
-            }
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
-    }
-}
+/// The lease of the HTTP/1.1 connection a response came on, for its body to hand back.
+pub type Lease = pool::Lease<Body>;
 
 impl Client {
     /// Sends `request` (its URI absolute) and returns the response head, with the lease of
@@ -189,7 +118,7 @@ impl Client {
             }
             origin_form(&mut request, &pool.host);
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, Lease(Some((pool, sender))))),
+                Ok(response) => return Ok((response, Lease::new(pool, sender))),
                 // Never written (the connection closed as it was picked): try another.
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => request = unsent,
@@ -204,7 +133,7 @@ impl Client {
 
     async fn connect_and_send(
         &self,
-        pool: Arc<Pool>,
+        pool: Arc<Pool<Body>>,
         mut request: Request<Body>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         let connect_error = |source: Box<dyn std::error::Error + Send + Sync>| SendError::Connect {
@@ -228,7 +157,7 @@ impl Client {
                 .await
                 .map_err(|e| connect_error(e.into()))?;
             spawn_connection(connection);
-            pool.lock().h2 = Some(sender.clone());
+            pool.set_h2(sender.clone());
             let response = sender
                 .send_request(request)
                 .await
@@ -250,11 +179,11 @@ impl Client {
             .send_request(request)
             .await
             .map_err(SendError::Http)?;
-        Ok((response, Lease(Some((pool, sender)))))
+        Ok((response, Lease::new(pool, sender)))
     }
 
     /// The pool of the request's endpoint, made on first use.
-    fn pool(&self, uri: &Uri) -> Result<Arc<Pool>, SendError> {
+    fn pool(&self, uri: &Uri) -> Result<Arc<Pool<Body>>, SendError> {
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(SendError::NotAbsolute(uri.clone()));
         };
@@ -277,12 +206,7 @@ impl Client {
         };
         let host = HeaderValue::from_maybe_shared(bytes::Bytes::from(host))
             .map_err(|_| SendError::NotAbsolute(uri.clone()))?;
-        let pool = Arc::new(Pool {
-            scheme: scheme.clone(),
-            authority: authority.clone(),
-            host,
-            state: Mutex::default(),
-        });
+        let pool = Arc::new(Pool::new(scheme.clone(), authority.clone(), host));
         pools.push(pool.clone());
         Ok(pool)
     }

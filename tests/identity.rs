@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::identity::FakeIdentity;
 use support::mock::{Mock, Reply, client};
-use support::spawn_keyless;
+use support::{spawn_keyless, spawn_keyless_with_msi};
 
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 
@@ -19,25 +19,14 @@ async fn managed_identity_cold_start_makes_one_acquisition_for_fifty_requests() 
     })
     .await;
     let mock = Mock::start(|_| Reply::json("{}")).await;
-    let (endpoint, id_url) = (mock.url.to_string(), identity.url.clone());
-    let proxy = tokio::task::spawn_blocking(move || {
-        spawn_keyless(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--endpoint",
-                &endpoint,
-                "--credential",
-                "managed-identity",
-            ],
-            &[
-                ("IDENTITY_ENDPOINT", &id_url),
-                ("IDENTITY_HEADER", "the-identity-header"),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let proxy = spawn_keyless_with_msi(
+        mock.url.as_str(),
+        &identity.url,
+        "the-identity-header",
+        &[],
+        &[],
+    )
+    .await;
 
     // All fifty arrive while the first acquisition (1.5 s) is still in flight.
     let c = client();
@@ -155,22 +144,7 @@ async fn a_missing_identity_is_a_prompt_503_that_says_why() {
     let id_url = format!("http://{}/msi/token", closed.local_addr().unwrap());
     drop(closed);
     let mock = Mock::start(|_| Reply::json("{}")).await;
-    let endpoint = mock.url.to_string();
-    let proxy = tokio::task::spawn_blocking(move || {
-        spawn_keyless(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--endpoint",
-                &endpoint,
-                "--credential",
-                "managed-identity",
-            ],
-            &[("IDENTITY_ENDPOINT", &id_url), ("IDENTITY_HEADER", "x")],
-        )
-    })
-    .await
-    .unwrap();
+    let proxy = spawn_keyless_with_msi(mock.url.as_str(), &id_url, "x", &[], &[]).await;
     // "Promptly": the credential's short retry policy answers in seconds; the bound here
     // only stops a hang from passing, it is no speed target.
     let r = tokio::time::timeout(

@@ -1303,7 +1303,7 @@ async fn timeouts_and_retry_limits_have_defaults_and_are_configurable() {
     assert_eq!(c.timeouts.connect, Duration::from_secs(10));
     assert_eq!(c.timeouts.response, Duration::from_secs(600));
     assert_eq!(c.timeouts.idle, Duration::from_secs(600));
-    assert_eq!(c.retry.attempts, 3);
+    assert_eq!(c.retry.attempts.get(), 3);
     assert_eq!(c.retry.max_wait, Duration::from_secs(60));
     assert_eq!(c.limits.mode, LimitMode::Reject);
 
@@ -1320,7 +1320,7 @@ async fn timeouts_and_retry_limits_have_defaults_and_are_configurable() {
     assert_eq!(c.timeouts.response, Duration::from_secs(2));
     assert_eq!(c.timeouts.idle, Duration::from_secs(3));
     assert_eq!(
-        (c.retry.attempts, c.retry.max_wait, c.retry.deadline),
+        (c.retry.attempts.get(), c.retry.max_wait, c.retry.deadline),
         (4, Duration::from_secs(5), Duration::from_secs(6))
     );
     assert_eq!(c.retry.max_replay_bytes, 7);
@@ -1334,7 +1334,7 @@ async fn timeouts_and_retry_limits_have_defaults_and_are_configurable() {
     f.max_attempts = Some(2);
     let c = Config::load(&f).unwrap();
     assert_eq!(c.timeouts.connect, ms(100));
-    assert_eq!(c.retry.attempts, 2);
+    assert_eq!(c.retry.attempts.get(), 2);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1369,30 +1369,16 @@ async fn attempts_and_backend_are_in_the_log_line_and_the_headers() {
     file.write_all(toml.as_bytes()).unwrap();
 
     for format in ["json", "text"] {
-        let (config, endpoint) = (file.path().display().to_string(), ptu.url.to_string());
+        let config = file.path().display().to_string();
         let id_url = format!("{}msi/token", identity.url);
-        let proxy = tokio::task::spawn_blocking(move || {
-            support::spawn_keyless(
-                &[
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--config",
-                    &config,
-                    "--endpoint",
-                    &endpoint,
-                    "--credential",
-                    "managed-identity",
-                    "--log-format",
-                    format,
-                ],
-                &[
-                    ("IDENTITY_ENDPOINT", &id_url),
-                    ("IDENTITY_HEADER", "secret"),
-                ],
-            )
-        })
-        .await
-        .unwrap();
+        let proxy = support::spawn_keyless_with_msi(
+            ptu.url.as_str(),
+            &id_url,
+            "secret",
+            &["--config", &config, "--log-format", format],
+            &[],
+        )
+        .await;
         let r = post_json(&proxy.url(), "/v1/chat/completions", CHAT).await;
         assert_eq!(r.status(), 200, "{}", proxy.report());
         assert_eq!(header(&r, "x-keyless-attempts"), "2");

@@ -5,68 +5,24 @@
 
 mod support;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use support::mock::{Proxy, TestIdentity, client, flags};
+use support::mock::{Mock, Proxy, Reply, TestIdentity, client, flags};
 
-struct TlsUpstream {
-    url: url::Url,
-    ca_pem: String,
-    connections: Arc<AtomicUsize>,
-    versions: Arc<Mutex<Vec<http::Version>>>,
+/// The test kit's mock Azure over TLS, answering `{"ok":true}`.
+async fn tls_upstream(alpn: &[&[u8]]) -> Mock {
+    Mock::start_tls(alpn, |_| Reply::json(r#"{"ok":true}"#)).await
 }
 
-async fn tls_upstream(alpn: &[&[u8]]) -> TlsUpstream {
-    let support::tls::TestTls { ca_pem, acceptor } = support::tls::test_tls(&["localhost"], alpn);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let versions = Arc::new(Mutex::new(Vec::new()));
-    let (c, v) = (connections.clone(), versions.clone());
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            c.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, v) = (acceptor.clone(), v.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        v.lock().unwrap().push(req.version());
-                        async move {
-                            let mut r = http::Response::new(Full::new(Bytes::from_static(
-                                b"{\"ok\":true}",
-                            )));
-                            r.headers_mut()
-                                .insert("content-type", "application/json".parse().unwrap());
-                            Ok::<_, std::convert::Infallible>(r)
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    TlsUpstream {
-        url: url::Url::parse(&format!("https://localhost:{port}")).unwrap(),
-        ca_pem,
-        connections,
-        versions,
-    }
+/// The HTTP version of every request the mock saw, in order.
+fn versions(upstream: &Mock) -> Vec<http::Version> {
+    upstream.seen().iter().map(|s| s.version).collect()
 }
 
 /// Five requests, each on a new client connection, through keyless with `workers`
 /// threads (each keeps its own upstream pool).
-async fn five_requests(upstream: &TlsUpstream, trust: bool, workers: usize) -> Vec<(u16, String)> {
+async fn five_requests(upstream: &Mock, trust: bool, workers: usize) -> Vec<(u16, String)> {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &upstream.ca_pem).unwrap();
+    std::fs::write(&ca_file, upstream.ca_pem.as_deref().unwrap()).unwrap();
     let mut f = flags();
     if trust {
         f.ca_file = Some(ca_file);
@@ -94,15 +50,8 @@ async fn http2_when_azure_offers_it_over_one_pooled_connection() {
     for (status, body) in five_requests(&upstream, true, 1).await {
         assert_eq!(status, 200, "{body}");
     }
-    assert_eq!(
-        *upstream.versions.lock().unwrap(),
-        vec![http::Version::HTTP_2; 5]
-    );
-    assert_eq!(
-        upstream.connections.load(Ordering::SeqCst),
-        1,
-        "one connection, reused"
-    );
+    assert_eq!(versions(&upstream), vec![http::Version::HTTP_2; 5]);
+    assert_eq!(upstream.connections(), 1, "one connection, reused");
 }
 
 #[tokio::test]
@@ -111,12 +60,9 @@ async fn http1_when_azure_offers_only_that_with_the_connection_reused() {
     for (status, body) in five_requests(&upstream, true, 1).await {
         assert_eq!(status, 200, "{body}");
     }
+    assert_eq!(versions(&upstream), vec![http::Version::HTTP_11; 5]);
     assert_eq!(
-        *upstream.versions.lock().unwrap(),
-        vec![http::Version::HTTP_11; 5]
-    );
-    assert_eq!(
-        upstream.connections.load(Ordering::SeqCst),
+        upstream.connections(),
         1,
         "keep-alive reuses the connection"
     );
@@ -128,7 +74,7 @@ async fn each_worker_reuses_its_own_pooled_connection() {
     for (status, body) in five_requests(&upstream, true, 2).await {
         assert_eq!(status, 200, "{body}");
     }
-    let opened = upstream.connections.load(Ordering::SeqCst);
+    let opened = upstream.connections();
     assert!(
         (1..=2).contains(&opened),
         "two workers open at most one connection each, not one a request: {opened}"
@@ -143,5 +89,5 @@ async fn an_untrusted_certificate_is_a_502_that_says_so() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let message = v["error"]["message"].as_str().unwrap().to_lowercase();
     assert!(message.contains("certificate"), "{message}");
-    assert!(upstream.versions.lock().unwrap().is_empty());
+    assert!(versions(&upstream).is_empty());
 }

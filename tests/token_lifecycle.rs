@@ -11,16 +11,14 @@ mod support;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::TokioIo;
 use keyless::auth::{Acquire, AuthError, Secret, Token};
-use std::collections::{BTreeSet, HashMap};
-use std::convert::Infallible;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::mock::{Mock, Proxy, Reply, Seen, TestIdentity, client, flags, post_json_with};
+use support::sts::{FakeSts, StsAnswer};
 use support::{KeylessProcess, spawn_keyless, spawn_simulator};
 
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
@@ -485,17 +483,7 @@ async fn a_401_on_a_streamed_upload_still_replaces_the_token() {
 
 /// Waits until `proxy` answers `/readyz` with 200 (or panics after 30 s).
 async fn wait_ready(proxy: &KeylessProcess) {
-    let c = client();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = c.get(format!("{}/readyz", proxy.url())).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "never ready\n{}", proxy.report());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_ready(&proxy.url(), Duration::from_secs(30), || proxy.report()).await;
 }
 
 /// Panics, naming the line, when `output` contains any of `secrets`.
@@ -533,26 +521,15 @@ async fn trace_logs_show_no_token_identity_header_or_client_key() {
     let simulator = tokio::task::spawn_blocking(|| spawn_simulator(Some(IDENTITY_HEADER)))
         .await
         .unwrap();
-    let (endpoint, msi) = (simulator.url(), format!("{}/msi/token", simulator.url()));
-    let proxy = tokio::task::spawn_blocking(move || {
-        spawn_keyless(
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--endpoint",
-                &endpoint,
-                "--credential",
-                "managed-identity",
-            ],
-            &[
-                ("KEYLESS_LOG", "trace"),
-                ("IDENTITY_ENDPOINT", &msi),
-                ("IDENTITY_HEADER", IDENTITY_HEADER),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let msi = format!("{}/msi/token", simulator.url());
+    let proxy = support::spawn_keyless_with_msi(
+        &simulator.url(),
+        &msi,
+        IDENTITY_HEADER,
+        &[],
+        &[("KEYLESS_LOG", "trace")],
+    )
+    .await;
     wait_ready(&proxy).await;
 
     let c = client();
@@ -642,75 +619,10 @@ async fn trace_logs_show_no_token_identity_header_or_client_key() {
     assert_no_secret(&output, &[IDENTITY_HEADER, CLIENT_BEARER, CLIENT_KEY]);
 }
 
-/// A local HTTPS Entra token endpoint (`POST /{tenant}/oauth2/v2.0/token`) whose CA the
-/// keyless binary trusts through `SSL_CERT_FILE`. Each answer carries a new token,
-/// `sts-token-<n>`, living `lifetime`.
-struct FakeSts {
-    authority: String,
-    ca_file: tempfile::NamedTempFile,
-    seen: Arc<Mutex<Vec<HashMap<String, String>>>>,
-}
-
+/// The test kit's fake STS, whose CA the keyless binary trusts through `SSL_CERT_FILE`.
+/// Each answer carries a new token, `sts-token-<n>`, living `lifetime`.
 async fn fake_sts(lifetime: Duration) -> FakeSts {
-    let support::tls::TestTls { ca_pem, acceptor } = support::tls::test_tls(&["127.0.0.1"], &[]);
-    let ca_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ca_file.path(), ca_pem).unwrap();
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen: Arc<Mutex<Vec<HashMap<String, String>>>> = Arc::default();
-    let recorded = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, seen) = (acceptor.clone(), recorded.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(
-                    move |request: http::Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            let body = request.into_body().collect().await.unwrap().to_bytes();
-                            let form: HashMap<String, String> =
-                                url::form_urlencoded::parse(&body).into_owned().collect();
-                            let n = {
-                                let mut seen = seen.lock().unwrap();
-                                seen.push(form);
-                                seen.len()
-                            };
-                            let body = serde_json::json!({
-                                "token_type": "Bearer",
-                                "expires_in": lifetime.as_secs(),
-                                "ext_expires_in": lifetime.as_secs(),
-                                "access_token": format!("sts-token-{n}"),
-                            });
-                            Ok::<_, Infallible>(
-                                http::Response::builder()
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(body.to_string())))
-                                    .unwrap(),
-                            )
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    FakeSts {
-        authority: format!("https://127.0.0.1:{port}"),
-        ca_file,
-        seen,
-    }
-}
-
-impl FakeSts {
-    fn seen(&self) -> Vec<HashMap<String, String>> {
-        self.seen.lock().unwrap().clone()
-    }
+    FakeSts::start(StsAnswer::Tokens(lifetime)).await
 }
 
 fn spawn_with_sts(
@@ -724,7 +636,7 @@ fn spawn_with_sts(
     let mut envs: Vec<(String, String)> = vec![
         ("KEYLESS_LOG".into(), "trace".into()),
         ("SSL_CERT_FILE".into(), path_string(sts.ca_file.path())),
-        ("AZURE_AUTHORITY_HOST".into(), sts.authority.clone()),
+        ("AZURE_AUTHORITY_HOST".into(), sts.authority.to_string()),
         ("AZURE_TENANT_ID".into(), "tenant-1".into()),
         ("AZURE_CLIENT_ID".into(), "client-1".into()),
     ];
@@ -775,11 +687,11 @@ async fn a_rotated_federated_token_file_is_the_one_sent_next() {
     // The kubelet rotates the file; the next acquisition must send the new one.
     std::fs::write(&token_file, "federated-token-two").unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while sts.seen().len() < 2 {
+    while sts.forms().len() < 2 {
         assert!(Instant::now() < deadline, "no refresh\n{}", proxy.report());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let seen = sts.seen();
+    let seen = sts.forms();
     assert_eq!(seen[0]["client_assertion"], "federated-token-one");
     assert_eq!(seen[1]["client_assertion"], "federated-token-two");
     assert_eq!(seen[1]["client_id"], "client-1");
@@ -811,7 +723,7 @@ async fn trace_logs_show_no_client_secret() {
     let r = chat(&client(), &proxy.url()).await;
     assert_eq!(r.status(), 200, "{}", proxy.report());
     assert_eq!(bearer(&mock.one()), "Bearer sts-token-1");
-    assert_eq!(sts.seen()[0]["client_secret"], CLIENT_SECRET);
+    assert_eq!(sts.forms()[0]["client_secret"], CLIENT_SECRET);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let output = proxy.output();
     assert!(output.contains("TRACE"), "trace logging is on:\n{output}");

@@ -101,6 +101,8 @@ pub struct Options {
 pub struct Simulator {
     endpoint: url::Url,
     state: Arc<State>,
+    /// The server task, for [`Simulator::stopped`].
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Simulator {
@@ -117,13 +119,23 @@ impl Simulator {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let endpoint = endpoint_of(&listener)?;
         let state = Arc::new(State::new(None, options, endpoint.clone()));
-        tokio::spawn(run(listener, Arc::clone(&state), shutdown));
-        Ok(Simulator { endpoint, state })
+        let task = tokio::spawn(run(listener, Arc::clone(&state), shutdown));
+        Ok(Simulator {
+            endpoint,
+            state,
+            task,
+        })
     }
 
     /// The endpoint to give keyless, e.g. `http://127.0.0.1:41234`.
     pub fn endpoint(&self) -> url::Url {
         self.endpoint.clone()
+    }
+
+    /// Waits for the server task to end, once its `shutdown` has fired (bounded by its
+    /// own grace period), so that shutdown leaves no task of it behind.
+    pub async fn stopped(self) {
+        let _ = self.task.await;
     }
 
     /// The in-process identity whose tokens this simulator accepts.

@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub method: Method,
+    /// HTTP/1.1, or HTTP/2 (over TLS, when the client chose it through ALPN).
+    pub version: http::Version,
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -47,7 +49,8 @@ pub enum Reply {
     },
     /// Never answer (until the mock stops).
     Hang,
-    /// Read the request, then reset the connection (TCP RST) without sending a head.
+    /// Read the request, then reset the connection (TCP RST) without sending a head
+    /// (plain TCP only: over TLS it never answers, like [`Reply::Hang`]).
     Reset,
     /// Answer with the inner reply after a delay: a slow response head.
     After(Duration, Box<Reply>),
@@ -116,7 +119,10 @@ impl Drop for Working {
 
 /// The mock upstream.
 pub struct Mock {
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` from [`Mock::start_tls`].
     pub url: url::Url,
+    /// The CA a client must trust, from [`Mock::start_tls`].
+    pub ca_pem: Option<String>,
     seen: Arc<Mutex<Vec<Seen>>>,
     counters: Arc<Counters>,
     stop: CancellationToken,
@@ -130,12 +136,26 @@ impl Drop for Mock {
 
 impl Mock {
     /// Starts a mock whose every answer comes from `handler`. The request body is read
-    /// whole before `handler` runs unless `stream_request` is used.
+    /// whole before `handler` runs.
     pub async fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Mock {
-        Self::start_inner(Arc::new(handler)).await
+        Self::start_inner(Arc::new(handler), None).await
     }
 
-    async fn start_inner(handler: Handler) -> Mock {
+    /// The same over TLS, with a certificate for `localhost` from a test CA (in
+    /// [`Mock::ca_pem`]), offering `alpn` (`h2`, `http/1.1`) to the client.
+    pub async fn start_tls(
+        alpn: &[&[u8]],
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Mock {
+        let tls = super::tls::test_tls(&["localhost"], alpn);
+        let mut mock = Self::start_inner(Arc::new(handler), Some(tls.acceptor)).await;
+        mock.url.set_scheme("https").unwrap();
+        mock.url.set_host(Some("localhost")).unwrap();
+        mock.ca_pem = Some(tls.ca_pem);
+        mock
+    }
+
+    async fn start_inner(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -149,15 +169,14 @@ impl Mock {
                     r = listener.accept() => r.unwrap(),
                 };
                 counters2.connections.fetch_add(1, Ordering::SeqCst);
-                let (handler, seen, counters, stop) = (
+                let (handler, seen, counters, stop, tls) = (
                     handler.clone(),
                     seen2.clone(),
                     counters2.clone(),
                     stop2.clone(),
+                    tls.clone(),
                 );
                 tokio::spawn(async move {
-                    // A second handle on the socket, to reset it (zero linger) on cue.
-                    let (stream, twin) = split_for_reset(stream);
                     let reset = CancellationToken::new();
                     let reset2 = reset.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -178,6 +197,7 @@ impl Mock {
                                 .unwrap_or_default();
                             let record = Seen {
                                 method: parts.method,
+                                version: parts.version,
                                 path_and_query: parts
                                     .uri
                                     .path_and_query()
@@ -194,6 +214,16 @@ impl Mock {
                         }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
+                    if let Some(acceptor) = tls {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        return;
+                    }
+                    // A second handle on the socket, to reset it (zero linger) on cue.
+                    let (stream, twin) = split_for_reset(stream);
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
                         _ = connection => {}
@@ -210,6 +240,7 @@ impl Mock {
         });
         Mock {
             url: url::Url::parse(&format!("http://{addr}")).unwrap(),
+            ca_pem: None,
             seen,
             counters,
             stop,

@@ -3,6 +3,11 @@
 //! - [`spawn_keyless`] and [`spawn_simulator`] start the `keyless` binary cargo built for
 //!   this test run on an ephemeral port and read its address from the first stdout line;
 //!   the returned [`KeylessProcess`] kills the process when dropped.
+//! - [`wait_ready`] polls `/readyz` until the proxy holds its tokens.
+//! - `mock` (a mock Azure that records and answers as scripted, an in-process proxy),
+//!   `identity` (a fake App Service identity endpoint), `sts` (a fake Entra token
+//!   endpoint, shared with the credential unit tests), `tls` (a test CA) and `running`
+//!   (the binary in front of a mock) make up the rest of the kit.
 //! - [`run_with_timeout`] runs a command (a client script) to completion or a deadline and
 //!   keeps its output for the failure message.
 //!
@@ -13,6 +18,7 @@ pub mod identity;
 pub mod mock;
 pub mod redis;
 pub mod running;
+pub mod sts;
 pub mod tls;
 pub mod ws;
 
@@ -22,6 +28,23 @@ use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Polls `{base}/readyz` until it answers 200 (the proxy holds its tokens); panics with
+/// `report()` (the process output, say) when that takes longer than `within`. The one
+/// readiness wait of the test kit.
+pub async fn wait_ready(base: &str, within: Duration, report: impl Fn() -> String) {
+    let client = mock::client();
+    let deadline = Instant::now() + within;
+    while !client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "never ready\n{}", report());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// How long a spawned process may take to print the line that says where it listens.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -128,6 +151,43 @@ pub fn spawn_keyless(args: &[&str], envs: &[(&str, &str)]) -> KeylessProcess {
     let mut command = keyless_command();
     command.arg("serve").args(args).envs(envs.iter().copied());
     spawn(command, SERVE_BANNER, "keyless serve")
+}
+
+/// Starts `keyless serve --listen 127.0.0.1:0 --endpoint ENDPOINT --credential
+/// managed-identity ARGS` with the App Service-style identity endpoint `identity_url` and
+/// its `identity_header` (so nothing probes IMDS), plus `envs`. For async tests: the
+/// blocking start runs on tokio's blocking pool.
+pub async fn spawn_keyless_with_msi(
+    endpoint: &str,
+    identity_url: &str,
+    identity_header: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> KeylessProcess {
+    let all: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--endpoint",
+        endpoint,
+        "--credential",
+        "managed-identity",
+    ]
+    .iter()
+    .chain(args)
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut env: Vec<(String, String)> = vec![
+        ("IDENTITY_ENDPOINT".into(), identity_url.to_owned()),
+        ("IDENTITY_HEADER".into(), identity_header.to_owned()),
+    ];
+    env.extend(envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        spawn_keyless(&args, &envs)
+    })
+    .await
+    .unwrap()
 }
 
 /// Starts `keyless simulator --listen 127.0.0.1:0`, with the managed identity endpoint

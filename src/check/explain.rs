@@ -1,769 +1,37 @@
-//! `keyless check`: would keyless work with this configuration, and if not, why not?
-//!
-//! Four steps, each explained in plain words; a step that fails stops only what depends on
-//! it (no token for a scope: its endpoints are not called):
-//! 1. load and validate the configuration (every problem listed; exit 2);
-//! 2. build the credential and acquire one token per scope in use, bounded by the token
-//!    timeout; show the credential and what the token says about the identity (tenant,
-//!    object id, app id, audience, expiry: read from the JWT claims when the token is one,
-//!    "unknown" when it is opaque). The token itself is never printed;
-//! 3. call each endpoint in use with a cheap GET of the models list, through the same
-//!    upstream client keyless uses (same TLS roots, same connect timeout);
-//! 4. turn the outcome into advice: a missing role assignment on 403, a wrong scope,
-//!    audience or tenant on 401, a wrong URL or path style on 404, and DNS, connect and TLS
-//!    failures by name and host.
-//!
-//! Exit status: 0 when keyless would work, 2 for an invalid configuration, 1 otherwise.
+//! Explaining what happened: an answer's status, headers and body, or a transport error,
+//! turned into a verdict, a summary and advice.
 
-use crate::auth::credential::{self, TokenInfo};
-use crate::auth::{Acquire, AuthError, Token};
-use crate::body::Body;
-use crate::config::{ApiStyle, Config, Flags, ModelRoute, Target};
-use crate::rewrite::bearer;
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::{BodyExt as _, Limited};
-use serde::Serialize;
+use super::report::Verdict;
+use super::run::host_port;
+use crate::auth::credential::TokenInfo;
+use crate::config::ApiStyle;
+use http::{HeaderMap, StatusCode, header};
 use std::fmt::Write as _;
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
-use tokio_util::sync::CancellationToken;
+use std::time::SystemTime;
 use url::Url;
 
 /// The role Azure OpenAI requires of an Entra identity to call inference APIs.
 pub const OPENAI_USER_ROLE: &str = "Cognitive Services OpenAI User";
-
-/// Longest wait for the models list (on top of the connect timeout): it is a cheap call.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The most of an answer body read, to quote Azure's error and list models.
-const MAX_BODY: usize = 256 * 1024;
 /// Models listed when the call succeeds.
 const MODELS_SHOWN: usize = 5;
 /// Longest quote of Azure's own error message.
 const MAX_QUOTE: usize = 400;
 
-/// `keyless check`: the same flags as `keyless serve`, and `--json`.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct CheckArgs {
-    /// The configuration to check.
-    #[command(flatten)]
-    pub flags: Flags,
-    /// Print the report as one JSON object (for scripts) instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Runs the check, prints the report on stdout, and returns the exit status.
-pub async fn run(args: &CheckArgs) -> ExitCode {
-    let report = check(&args.flags).await;
-    let text = if args.json {
-        serde_json::to_string_pretty(&report)
-            .map(|mut s| {
-                s.push('\n');
-                s
-            })
-            .unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"cannot write JSON: {e}\"}}\n"))
-    } else {
-        report.to_text()
-    };
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
-    report.exit_code()
-}
-
-/// Checks the configuration `flags` describe. Never panics, never prints.
-pub async fn check(flags: &Flags) -> Report {
-    check_config(flags).await.finish()
-}
-
-async fn check_config(flags: &Flags) -> Report {
-    let config = match Config::load(flags) {
-        Ok(config) => config,
-        Err(e) => {
-            return Report {
-                problems: e.0,
-                ..Report::default()
-            };
-        }
-    };
-    // Stops the embedded simulator, if any, when the check is over.
-    let shutdown = CancellationToken::new();
-    let _stop = shutdown.clone().drop_guard();
-    match config.target.clone() {
-        Target::Azure {
-            endpoint,
-            credential,
-        } => match credential::from_settings(&credential) {
-            Ok(identity) => check_with(&config, endpoint, identity).await,
-            Err(e) => Report {
-                target: Some(TargetSummary::new(&config, &endpoint, false)),
-                credential: Some(e.credential.clone()),
-                credential_error: Some(e.message.clone()),
-                ..Report::default()
-            },
-        },
-        Target::Simulate => match crate::simulate::Simulator::start(shutdown.child_token()).await {
-            Ok(simulator) => {
-                let mut report =
-                    check_with(&config, simulator.endpoint(), simulator.identity()).await;
-                if let Some(target) = &mut report.target {
-                    target.simulated = true;
-                }
-                report
-            }
-            Err(e) => Report {
-                setup_error: Some(format!("cannot start the simulator: {e}")),
-                ..Report::default()
-            },
-        },
-    }
-}
-
-/// Checks `config` against `endpoint` (the default endpoint) with tokens from `identity`.
-pub async fn check_with(config: &Config, endpoint: Url, identity: Arc<dyn Acquire>) -> Report {
-    let mut report = Report {
-        target: Some(TargetSummary::new(config, &endpoint, false)),
-        ..Report::default()
-    };
-
-    // One token per scope, as keyless keeps one cache per scope.
-    let targets = targets(config, &endpoint);
-    let mut tokens: Vec<(String, Option<Token>)> = Vec::new();
-    for (_, scope) in &targets {
-        if tokens.iter().any(|(s, _)| s == scope) {
-            continue;
-        }
-        let started = Instant::now();
-        let result =
-            match tokio::time::timeout(config.timeouts.token, identity.acquire(scope)).await {
-                Ok(result) => result,
-                Err(_) => Err(AuthError {
-                    credential: identity.name(),
-                    message: format!(
-                        "no token within {} (the token timeout; --token-timeout to change it)",
-                        humantime::format_duration(config.timeouts.token)
-                    ),
-                }),
-            };
-        let elapsed_ms = millis(started.elapsed());
-        // `auto` names the credential it chose only once it has a token.
-        report.credential = Some(identity.name());
-        match result {
-            Ok(token) => {
-                report.tokens.push(TokenCheck {
-                    scope: scope.clone(),
-                    elapsed_ms,
-                    identity: Some(Identity::from_info(&credential::describe_token(&token))),
-                    error: None,
-                });
-                tokens.push((scope.clone(), Some(token)));
-            }
-            Err(e) => {
-                report.tokens.push(TokenCheck {
-                    scope: scope.clone(),
-                    elapsed_ms,
-                    identity: None,
-                    error: Some(e.to_string()),
-                });
-                tokens.push((scope.clone(), None));
-            }
-        }
-    }
-
-    let client = match crate::upstream::client(config.timeouts.connect, config.ca_file.as_deref()) {
-        Ok(client) => client,
-        Err(e) => {
-            report.setup_error = Some(format!("cannot set up the client towards Azure: {e}"));
-            return report.finish();
-        }
-    };
-    for (url, scope) in &targets {
-        let token = tokens
-            .iter()
-            .find(|(s, _)| s == scope)
-            .and_then(|(_, t)| t.as_ref());
-        let Some(token) = token else {
-            continue; // no token: the token section already says why
-        };
-        report
-            .endpoints
-            .push(call_endpoint(&client, config, url, scope, token).await);
-    }
-    report.finish()
-}
-
-/// Every (endpoint, scope) pair keyless would send to, the default first.
-fn targets(config: &Config, default: &Url) -> Vec<(Url, String)> {
-    let mut out = vec![(default.clone(), config.scope.clone())];
-    let mut routes: Vec<(&String, &ModelRoute)> = config.models.iter().collect();
-    routes.sort_by(|a, b| a.0.cmp(b.0)); // a stable order for the report
-    for (_, route) in routes {
-        if let ModelRoute::Backends(backends) = route {
-            for backend in backends {
-                let pair = (
-                    backend.endpoint.clone().unwrap_or_else(|| default.clone()),
-                    backend
-                        .scope
-                        .clone()
-                        .unwrap_or_else(|| config.scope.clone()),
-                );
-                if !out.contains(&pair) {
-                    out.push(pair);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The models list URL for `endpoint` in the configured path style.
-pub fn models_url(endpoint: &Url, api: ApiStyle, api_version: &str) -> Url {
-    let mut url = endpoint.clone();
-    if let Ok(mut segments) = url.path_segments_mut() {
-        segments.pop_if_empty();
-        match api {
-            ApiStyle::V1 => segments.extend(["openai", "v1", "models"]),
-            ApiStyle::Deployments => segments.extend(["openai", "models"]),
-        };
-    }
-    if api == ApiStyle::Deployments {
-        url.query_pairs_mut()
-            .append_pair("api-version", api_version);
-    }
-    url
-}
-
-async fn call_endpoint(
-    client: &crate::upstream::Client,
-    config: &Config,
-    endpoint: &Url,
-    scope: &str,
-    token: &Token,
-) -> EndpointCheck {
-    let url = models_url(endpoint, config.api, &config.api_version);
-    let mut check = EndpointCheck {
-        endpoint: endpoint.to_string(),
-        request: format!("GET {url}"),
-        scope: scope.to_owned(),
-        status: None,
-        verdict: Verdict::Unreachable,
-        summary: String::new(),
-        advice: Vec::new(),
-        azure_message: None,
-        models: Vec::new(),
-        elapsed_ms: 0,
-    };
-    let started = Instant::now();
-    let request = match build_request(&url, token) {
-        Ok(request) => request,
-        Err(e) => {
-            check.summary = e;
-            return check;
-        }
-    };
-    let wait = config.timeouts.response.min(REQUEST_TIMEOUT) + config.timeouts.connect;
-    let sent = tokio::time::timeout(wait, client.request(request)).await;
-    let response = match sent {
-        // The connection closes with the check: nothing to hand back.
-        Ok(Ok((response, _lease))) => response,
-        Ok(Err(e)) => {
-            check.elapsed_ms = millis(started.elapsed());
-            let host = host_port(endpoint);
-            let (verdict, summary, advice) = explain_transport(&e, &host, endpoint);
-            check.verdict = verdict;
-            check.summary = summary;
-            check.advice = advice;
-            return check;
-        }
-        Err(_) => {
-            check.elapsed_ms = millis(started.elapsed());
-            check.verdict = Verdict::Timeout;
-            check.summary = format!(
-                "{} accepted the connection but sent no answer within {}",
-                host_port(endpoint),
-                humantime::format_duration(wait)
-            );
-            check.advice.push(
-                "A proxy or firewall may be holding the request; check HTTPS_PROXY and the \
-                 network path to the endpoint."
-                    .to_owned(),
-            );
-            return check;
-        }
-    };
-    let status = response.status();
-    let (parts, body) = response.into_parts();
-    let body = match tokio::time::timeout(wait, Limited::new(body, MAX_BODY).collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        _ => Bytes::new(),
-    };
-    check.elapsed_ms = millis(started.elapsed());
-    check.status = Some(status.as_u16());
-    let info = credential::describe_token(token);
-    let context = Context {
-        endpoint,
-        api: config.api,
-        api_version: &config.api_version,
-        scope,
-        token: &info,
-    };
-    let explained = explain_status(status, &parts.headers, &body, &context);
-    check.verdict = explained.verdict;
-    check.summary = explained.summary;
-    check.advice = explained.advice;
-    // Azure's words, scrubbed of the token should it ever echo it.
-    check.azure_message = explained
-        .azure_message
-        .map(|m| m.replace(token.secret.expose(), "<redacted>"));
-    check.models = explained.models;
-    check
-}
-
-fn build_request(url: &Url, token: &Token) -> Result<Request<Body>, String> {
-    let uri: http::Uri = url
-        .as_str()
-        .parse()
-        .map_err(|e| format!("cannot build the request URI {url}: {e}"))?;
-    let authorization = bearer(token.secret.expose()).map_err(|_| {
-        "the credential returned a token that is not a valid header value".to_owned()
-    })?;
-    Request::get(uri)
-        .header(header::AUTHORIZATION, authorization)
-        .header(header::ACCEPT, "application/json")
-        .header(
-            header::USER_AGENT,
-            concat!("keyless-check/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Body::from(Bytes::new()))
-        .map_err(|e| format!("cannot build the request: {e}"))
-}
-
-fn host_port(url: &Url) -> String {
-    let host = url.host_str().unwrap_or("?");
-    match url.port_or_known_default() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
-    }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-// -------------------------------------------------------------------------------------
-// The report
-
-/// What `keyless check` found. `Serialize` gives `--json`; [`Report::to_text`] the text.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Report {
-    /// Whether keyless would work: every token acquired and every endpoint accepted it.
-    pub ok: bool,
-    /// Configuration problems (the check stopped there).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub problems: Vec<String>,
-    /// What was checked.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target: Option<TargetSummary>,
-    /// The credential (the one `auto` chose, once it has chosen).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-    /// Why the credential could not be built (a missing variable, an unreadable file).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub credential_error: Option<String>,
-    /// One acquisition per scope.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub tokens: Vec<TokenCheck>,
-    /// Why the check itself could not go on (the simulator or the HTTP client failed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub setup_error: Option<String>,
-    /// One call per (endpoint, scope).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub endpoints: Vec<EndpointCheck>,
-}
-
-/// The configuration under check, as far as the check is concerned.
-#[derive(Clone, Debug, Serialize)]
-pub struct TargetSummary {
-    /// The default endpoint.
-    pub endpoint: String,
-    /// `v1` or `deployments`.
-    pub api: &'static str,
-    /// The api-version (deployments style only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    /// The default scope.
-    pub scope: String,
-    /// Whether this is the embedded simulator (`--simulate`).
-    pub simulated: bool,
-}
-
-impl TargetSummary {
-    fn new(config: &Config, endpoint: &Url, simulated: bool) -> Self {
-        TargetSummary {
-            endpoint: endpoint.to_string(),
-            api: match config.api {
-                ApiStyle::V1 => "v1",
-                ApiStyle::Deployments => "deployments",
-            },
-            api_version: (config.api == ApiStyle::Deployments).then(|| config.api_version.clone()),
-            scope: config.scope.clone(),
-            simulated,
-        }
-    }
-}
-
-/// One token acquisition.
-#[derive(Clone, Debug, Serialize)]
-pub struct TokenCheck {
-    /// The scope asked for.
-    pub scope: String,
-    /// How long the acquisition took.
-    pub elapsed_ms: u64,
-    /// What the token says about the identity (never the token).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub identity: Option<Identity>,
-    /// Why no token came.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The identity a token stands for, from its claims; `None` is unknown.
-#[derive(Clone, Debug, Serialize)]
-pub struct Identity {
-    /// Whether the token is a JWT whose claims could be read.
-    pub readable: bool,
-    /// `tid`.
-    pub tenant_id: Option<String>,
-    /// `oid`: the principal that needs the role.
-    pub object_id: Option<String>,
-    /// `appid` / `azp`.
-    pub app_id: Option<String>,
-    /// `upn` and the like, for users.
-    pub principal_name: Option<String>,
-    /// `aud`.
-    pub audience: Option<String>,
-    /// Expiry, RFC 3339.
-    pub expires_at: String,
-    /// Seconds until expiry (negative when already expired).
-    pub expires_in_secs: i64,
-}
-
-impl Identity {
-    fn from_info(info: &TokenInfo) -> Self {
-        let now = SystemTime::now();
-        let expires_in_secs = match info.expires_at.duration_since(now) {
-            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-        };
-        Identity {
-            readable: info.tenant_id.is_some()
-                || info.object_id.is_some()
-                || info.app_id.is_some()
-                || info.audience.is_some(),
-            tenant_id: info.tenant_id.clone(),
-            object_id: info.object_id.clone(),
-            app_id: info.app_id.clone(),
-            principal_name: info.principal_name.clone(),
-            audience: info.audience.clone(),
-            expires_at: humantime::format_rfc3339_seconds(info.expires_at).to_string(),
-            expires_in_secs,
-        }
-    }
-}
-
-/// One call of an endpoint's models list.
-#[derive(Clone, Debug, Serialize)]
-pub struct EndpointCheck {
-    /// The endpoint.
-    pub endpoint: String,
-    /// The request made (method and URL; the URL carries no secret).
-    pub request: String,
-    /// The scope of the token sent.
-    pub scope: String,
-    /// Azure's HTTP status, when it answered.
-    pub status: Option<u16>,
-    /// The outcome in one word.
-    pub verdict: Verdict,
-    /// The outcome in one sentence.
-    pub summary: String,
-    /// What to do about it.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub advice: Vec<String>,
-    /// Azure's own error message, quoted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub azure_message: Option<String>,
-    /// A few model ids from the list, when it came.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub models: Vec<String>,
-    /// How long the call took.
-    pub elapsed_ms: u64,
-}
-
-/// The outcome of calling an endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// 2xx: keyless would work.
-    Ok,
-    /// 429: the token was accepted; Azure is only busy. keyless would work.
-    RateLimited,
-    /// 401: the token was refused (scope, audience, tenant, expiry).
-    TokenRejected,
-    /// 403: no role assignment for the identity on the resource.
-    MissingRole,
-    /// 403 from the resource's network rules (firewall, private endpoint).
-    NetworkBlocked,
-    /// 404: not an Azure OpenAI resource, or the wrong path style.
-    NotFound,
-    /// Any other answer.
-    UnexpectedStatus,
-    /// 5xx: Azure's own trouble.
-    ServerError,
-    /// The host name did not resolve.
-    Dns,
-    /// TCP connection refused, reset or timed out.
-    Connect,
-    /// The TLS handshake failed (certificate, or not TLS at all).
-    Tls,
-    /// Connected, but no answer in time.
-    Timeout,
-    /// Any other transport failure.
-    Unreachable,
-}
-
-impl Verdict {
-    /// Whether keyless would work with this outcome.
-    pub fn works(self) -> bool {
-        matches!(self, Verdict::Ok | Verdict::RateLimited)
-    }
-}
-
-impl Report {
-    fn finish(mut self) -> Self {
-        self.ok = self.problems.is_empty()
-            && self.credential_error.is_none()
-            && self.setup_error.is_none()
-            && !self.tokens.is_empty()
-            && self.tokens.iter().all(|t| t.error.is_none())
-            && !self.endpoints.is_empty()
-            && self.endpoints.iter().all(|e| e.verdict.works());
-        self
-    }
-
-    /// The exit status: 0 when keyless would work, 2 for an invalid configuration, 1 else.
-    pub fn exit_code(&self) -> ExitCode {
-        if !self.problems.is_empty() {
-            ExitCode::from(2)
-        } else if self.ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        }
-    }
-
-    /// The report for people.
-    pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        let _ = self.write_text(&mut out);
-        out
-    }
-
-    fn write_text(&self, out: &mut String) -> std::fmt::Result {
-        if !self.problems.is_empty() {
-            writeln!(out, "Configuration: INVALID")?;
-            for problem in &self.problems {
-                writeln!(out, "  - {problem}")?;
-            }
-            writeln!(
-                out,
-                "\nkeyless would not start: fix the configuration above."
-            )?;
-            return Ok(());
-        }
-        if let Some(target) = &self.target {
-            writeln!(out, "Configuration: ok")?;
-            let endpoint = if target.simulated {
-                format!("{} (the embedded simulator)", target.endpoint)
-            } else {
-                target.endpoint.clone()
-            };
-            field(out, "endpoint", &endpoint)?;
-            match &target.api_version {
-                Some(version) => field(
-                    out,
-                    "api",
-                    &format!("{} (api-version {version})", target.api),
-                )?,
-                None => field(out, "api", target.api)?,
-            }
-            field(out, "scope", &target.scope)?;
-        }
-        writeln!(out)?;
-        let credential = self.credential.as_deref().unwrap_or("?");
-        if let Some(error) = &self.credential_error {
-            writeln!(out, "Credential: {credential}: FAILED")?;
-            paragraph(out, error)?;
-            writeln!(
-                out,
-                "\nkeyless would not work: the credential cannot be set up."
-            )?;
-            return Ok(());
-        }
-        if self.credential.is_some() {
-            writeln!(out, "Credential: {credential}")?;
-        }
-        for token in &self.tokens {
-            writeln!(out)?;
-            match (&token.identity, &token.error) {
-                (Some(id), _) => {
-                    writeln!(
-                        out,
-                        "Token for {}: acquired in {} ms",
-                        token.scope, token.elapsed_ms
-                    )?;
-                    let unknown = if id.readable {
-                        "unknown (not in the token)"
-                    } else {
-                        "unknown (the token is opaque, not a JWT)"
-                    };
-                    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| unknown.to_owned());
-                    field(out, "tenant id", &show(&id.tenant_id))?;
-                    field(out, "object id", &show(&id.object_id))?;
-                    field(out, "app id", &show(&id.app_id))?;
-                    if let Some(name) = &id.principal_name {
-                        field(out, "user", name)?;
-                    }
-                    field(out, "audience", &show(&id.audience))?;
-                    let left = if id.expires_in_secs >= 0 {
-                        format!(
-                            "in {}",
-                            humantime::format_duration(Duration::from_secs(
-                                id.expires_in_secs.unsigned_abs()
-                            ))
-                        )
-                    } else {
-                        "ALREADY EXPIRED".to_owned()
-                    };
-                    field(out, "expires", &format!("{} ({left})", id.expires_at))?;
-                }
-                (None, Some(error)) => {
-                    writeln!(
-                        out,
-                        "Token for {}: FAILED after {} ms",
-                        token.scope, token.elapsed_ms
-                    )?;
-                    paragraph(out, error)?;
-                }
-                (None, None) => {}
-            }
-        }
-        for endpoint in &self.endpoints {
-            writeln!(out)?;
-            writeln!(out, "Endpoint: {}", endpoint.request)?;
-            match endpoint.status {
-                Some(status) => {
-                    let reason = StatusCode::from_u16(status)
-                        .ok()
-                        .and_then(|s| s.canonical_reason())
-                        .unwrap_or("");
-                    field(
-                        out,
-                        "answer",
-                        &format!("HTTP {status} {reason} in {} ms", endpoint.elapsed_ms),
-                    )?
-                }
-                None => field(
-                    out,
-                    "answer",
-                    &format!("none (after {} ms)", endpoint.elapsed_ms),
-                )?,
-            }
-            let mark = if endpoint.verdict.works() {
-                "OK"
-            } else {
-                "FAILED"
-            };
-            paragraph(out, &format!("{mark}: {}", endpoint.summary))?;
-            if !endpoint.models.is_empty() {
-                paragraph(out, &format!("models: {}", endpoint.models.join(", ")))?;
-            }
-            if let Some(message) = &endpoint.azure_message {
-                paragraph(out, &format!("Azure said: {message}"))?;
-            }
-            for advice in &endpoint.advice {
-                writeln!(out)?;
-                for line in advice.lines() {
-                    if line.starts_with(' ') || line.is_empty() {
-                        // A command: copied as written.
-                        writeln!(out, "  {line}")?;
-                    } else {
-                        paragraph(out, line)?;
-                    }
-                }
-            }
-        }
-        if let Some(error) = &self.setup_error {
-            writeln!(out, "\nFAILED: {error}")?;
-        }
-        writeln!(out)?;
-        if self.ok {
-            writeln!(out, "keyless would work.")?;
-        } else if self.tokens.iter().any(|t| t.error.is_some()) {
-            writeln!(out, "keyless would not work: no token (see above).")?;
-        } else {
-            writeln!(out, "keyless would not work (see above).")?;
-        }
-        Ok(())
-    }
-}
-
-/// Text width for paragraphs (commands and URLs may run longer).
-const WIDTH: usize = 92;
-
-/// `text` indented by two spaces and wrapped at [`WIDTH`], on word boundaries.
-fn paragraph(out: &mut String, text: &str) -> std::fmt::Result {
-    let mut line = String::new();
-    for word in text.split_whitespace() {
-        if !line.is_empty() && 2 + line.len() + 1 + word.len() > WIDTH {
-            writeln!(out, "  {line}")?;
-            line.clear();
-        }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(word);
-    }
-    if !line.is_empty() {
-        writeln!(out, "  {line}")?;
-    }
-    Ok(())
-}
-
-fn field(out: &mut String, name: &str, value: &str) -> std::fmt::Result {
-    writeln!(out, "  {:<11} {value}", format!("{name}:"))
-}
-
-// -------------------------------------------------------------------------------------
-// Explaining what happened
-
 /// What [`explain_status`] needs to know besides the answer.
-struct Context<'a> {
-    endpoint: &'a Url,
-    api: ApiStyle,
-    api_version: &'a str,
-    scope: &'a str,
-    token: &'a TokenInfo,
+pub(super) struct Context<'a> {
+    pub(super) endpoint: &'a Url,
+    pub(super) api: ApiStyle,
+    pub(super) api_version: &'a str,
+    pub(super) scope: &'a str,
+    pub(super) token: &'a TokenInfo,
 }
 
-struct Explained {
-    verdict: Verdict,
-    summary: String,
-    advice: Vec<String>,
-    azure_message: Option<String>,
-    models: Vec<String>,
+pub(super) struct Explained {
+    pub(super) verdict: Verdict,
+    pub(super) summary: String,
+    pub(super) advice: Vec<String>,
+    pub(super) azure_message: Option<String>,
+    pub(super) models: Vec<String>,
 }
 
 /// Azure OpenAI's scopes, by cloud, with the audience their tokens carry.
@@ -786,7 +54,7 @@ const KNOWN_SCOPES: &[(&str, &str)] = &[
 /// The first-party app id of Cognitive Services, which some tokens carry as `aud`.
 const COGNITIVE_SERVICES_APP_ID: &str = "7d312290-28c8-473c-a0ed-8e53749b6d6d";
 
-fn explain_status(
+pub(super) fn explain_status(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
@@ -900,7 +168,7 @@ fn explain_status(
 }
 
 /// "object id X (name)", or a description when the token does not say.
-fn principal(token: &TokenInfo) -> String {
+pub(super) fn principal(token: &TokenInfo) -> String {
     match (&token.object_id, &token.principal_name, &token.app_id) {
         (Some(oid), Some(name), _) => format!("the identity {name} (object id {oid})"),
         (Some(oid), None, Some(app)) => format!("the identity with object id {oid} (app id {app})"),
@@ -1093,7 +361,7 @@ fn advise_404(cx: &Context<'_>) -> Vec<String> {
 }
 
 /// Azure's `{"error":{"message":...}}` (or `{"message":...}`), on one line, capped.
-fn azure_message(body: &[u8]) -> Option<String> {
+pub(super) fn azure_message(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let message = value
         .pointer("/error/message")
@@ -1132,7 +400,7 @@ fn model_ids(body: &[u8]) -> Vec<String> {
 }
 
 /// Names a transport failure: DNS, connect, TLS, or other, with the host.
-fn explain_transport(
+pub(super) fn explain_transport(
     err: &(dyn std::error::Error + 'static),
     host: &str,
     endpoint: &Url,
@@ -1258,6 +526,7 @@ fn find_cause<'a, T: std::error::Error + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use std::time::UNIX_EPOCH;
 
     fn info(object_id: Option<&str>, tenant: Option<&str>, audience: Option<&str>) -> TokenInfo {
@@ -1298,21 +567,6 @@ mod tests {
     }
 
     const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
-
-    #[test]
-    fn models_url_keeps_a_base_path_and_adds_the_api_version() {
-        let base = Url::parse("https://gw.example.com/prefix").unwrap();
-        assert_eq!(
-            models_url(&base, ApiStyle::V1, "x").as_str(),
-            "https://gw.example.com/prefix/openai/v1/models"
-        );
-        let root = Url::parse("https://res.openai.azure.com/").unwrap();
-        assert_eq!(
-            models_url(&root, ApiStyle::Deployments, "2024-10-21").as_str(),
-            "https://res.openai.azure.com/openai/models?api-version=2024-10-21"
-        );
-    }
-
     #[test]
     fn a_403_names_the_role_the_object_id_and_how_to_find_the_resource() {
         let endpoint = Url::parse("https://my-res.openai.azure.com/").unwrap();
@@ -1516,27 +770,5 @@ mod tests {
             "{summary}"
         );
         assert!(advice[0].contains("my-res.openai.azure.com"), "{advice:?}");
-    }
-
-    #[test]
-    fn paragraphs_wrap_on_words() {
-        let mut out = String::new();
-        paragraph(&mut out, &"abcdefghi ".repeat(30)).unwrap();
-        assert!(out.lines().count() > 2);
-        assert!(
-            out.lines().all(|l| l.len() <= WIDTH && l.starts_with("  ")),
-            "{out}"
-        );
-    }
-
-    #[test]
-    fn exit_codes() {
-        let invalid = Report {
-            problems: vec!["x".into()],
-            ..Report::default()
-        }
-        .finish();
-        assert_eq!(invalid.exit_code(), ExitCode::from(2));
-        assert_eq!(Report::default().finish().exit_code(), ExitCode::FAILURE);
     }
 }
