@@ -44,7 +44,7 @@ pub async fn serve<S, B>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     serve_with(
@@ -72,7 +72,7 @@ pub async fn serve_with<S, B>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let cut = CancellationToken::new();
@@ -252,7 +252,7 @@ async fn serve_from<S, B>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -333,12 +333,7 @@ async fn serve_from<S, B>(
                     let answer = service.call(req);
                     async move {
                         let response = answer.await?;
-                        Ok::<_, Infallible>(response.map(|body| {
-                            http_body_util::BodyExt::map_frame(body, move |frame| {
-                                let _busy = &busy;
-                                frame
-                            })
-                        }))
+                        Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
                     }
                 })
             };
@@ -404,6 +399,33 @@ struct Activity {
 
 /// One request in flight, until dropped.
 struct Busy(Arc<Activity>);
+
+/// A response body that keeps its request counted as in flight until it is dropped. Its
+/// size hint is the body's own, so a body of known length keeps its `Content-Length`.
+struct Tracked<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 impl Activity {
     fn new() -> Activity {
@@ -474,7 +496,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut result = Ok(());

@@ -551,3 +551,24 @@ async fn a_stalled_request_body_gets_a_408() {
     assert!(text.contains(r#""code":"request_timeout""#), "{text}");
     assert!(mock.seen().is_empty(), "nothing reached Azure");
 }
+
+/// The idle timer's bookkeeping (issue 17.2) wraps every answer: a body of known length
+/// keeps its `Content-Length` (not chunked), for keyless's own answers and Azure's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_of_known_length_keep_their_content_length() {
+    let mock = Mock::start(|_| Reply::json(r#"{"id":"x","choices":[]}"#)).await;
+    let keyless = start(&mock, "", &[]).await;
+    let proxied = chat(&keyless.url()).await;
+    assert_eq!(proxied.headers()["content-length"], "23");
+    assert!(!proxied.headers().contains_key("transfer-encoding"));
+    let own = client()
+        .get(format!("{}/healthz", keyless.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        own.headers().contains_key("content-length"),
+        "{:?}",
+        own.headers()
+    );
+}
