@@ -255,11 +255,16 @@ def expect_render_error(values: dict[str, Any], needle: str, label: str, chart_d
 
 
 def keyless_config_keys() -> set[str]:
+    """The top-level keys of the config file: the fields of `struct RawConfig` (serde reads
+    the file into it, denying unknown fields)."""
     text = CONFIG_RS.read_text()
-    match = re.search(r"const KNOWN_KEYS: &\[&str\] = &\[(.*?)\];", text, re.S)
+    match = re.search(r"\nstruct RawConfig \{(.*?)\n\}", text, re.S)
     if not match:
-        raise AssertionError(f"{CONFIG_RS}: KNOWN_KEYS not found")
-    return set(re.findall(r'"([a-z_]+)"', match[1]))
+        raise AssertionError(f"{CONFIG_RS}: struct RawConfig not found")
+    keys = set(re.findall(r"^    ([a-z_]+): ", match[1], re.M))
+    if not keys:
+        raise AssertionError(f"{CONFIG_RS}: struct RawConfig has no fields this check can read")
+    return keys
 
 
 def keyless_flags() -> set[str]:
