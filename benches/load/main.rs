@@ -695,7 +695,13 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
         batches
             .extend((0..rows.len()).map(|k| (rows[(k + round) % rows.len()], StreamMode::Paced)));
     }
-    batches.extend(Row::STREAMS.map(|row| (row, StreamMode::Burst)));
+    // Smoke mode keeps its few seconds: no burst through the shared gateway's keyless.
+    batches.extend(
+        Row::STREAMS
+            .into_iter()
+            .filter(|&row| !(plan.smoke && row == Row::KeylessApps))
+            .map(|row| (row, StreamMode::Burst)),
+    );
     let stream_once = |row: Row, mode: StreamMode, peak_reset: &mut bool| {
         let pid: Vec<u32> = proxy_of(row).into_iter().collect();
         if !pid.is_empty() {
