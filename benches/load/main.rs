@@ -4,8 +4,10 @@
 //! One run: install wrk and nginx when missing (Debian's packages), start the simulator,
 //! keyless and nginx on ephemeral ports, then measure in rounds whose rows are rotated
 //! (direct, nginx, keyless; nginx, keyless, direct; ...) so drift of the machine spreads
-//! over all three; report medians. Then 1,000 SSE streams held open at once, direct and
-//! through a fresh keyless. With perf, heaptrack and valgrind present (none is required),
+//! over all three; report medians. Then 1,000 SSE streams held open at once, direct,
+//! through a fresh keyless, and through a fresh keyless with app keys and usage accounting
+//! on; then, when `redis-server` is installed, the latency limits kept in Redis add over the
+//! same limits kept in the process. With perf, heaptrack and valgrind present (none is required),
 //! also where each proxy's CPU goes, keyless's heap at its peak, and the user-space
 //! instructions a request costs each proxy (callgrind: the figure noise does not move).
 //! Prints a markdown table and writes it to `BENCHMARKS.md` with `benches/latency.svg`;
@@ -32,6 +34,7 @@
 mod env;
 mod heap;
 mod instructions;
+mod limits;
 mod procs;
 mod profile;
 mod realtime;
@@ -55,16 +58,23 @@ pub enum Row {
     Direct,
     Nginx,
     Keyless,
+    /// keyless with an app key checked and usage read from the answers (`KEYLESS_APPS`):
+    /// a row of the streams (and of the instruction counts), not of the request rounds.
+    KeylessApps,
 }
 
 impl Row {
+    /// The rows of the request rounds.
     pub const ALL: [Row; 3] = [Row::Direct, Row::Nginx, Row::Keyless];
+    /// The rows of the streams.
+    pub const STREAMS: [Row; 3] = [Row::Direct, Row::Keyless, Row::KeylessApps];
 
     pub fn name(self) -> &'static str {
         match self {
             Row::Direct => "direct",
             Row::Nginx => "nginx",
             Row::Keyless => "keyless",
+            Row::KeylessApps => KEYLESS_APPS,
         }
     }
 }
@@ -253,6 +263,8 @@ pub struct Results {
     pub instructions: Vec<(&'static str, instructions::Count)>,
     /// Realtime sessions, direct and through keyless.
     pub realtime: Option<realtime::Results>,
+    /// Limits in Redis against limits in the process (none without `redis-server`).
+    pub limits: Option<limits::Results>,
     /// Problems that invalidate figures (errors answered, servers failing).
     pub problems: Vec<String>,
     /// Share of the machine busy just before the run started.
@@ -556,6 +568,19 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
     nginx.stop();
     keyless.stop();
 
+    // The shared gateway: an app key checked, its quotas taken, usage read from the
+    // answer (`[usage]` on); for the instruction counts and the streams.
+    let apps_config = dir.path().join("apps.toml");
+    std::fs::write(
+        &apps_config,
+        format!(
+            "[[apps]]\nname = \"bench\"\nkey_sha256 = \"{}\"\nrpm = 1000000\ntpm = 1000000000\n\n[usage]\nstream_include_usage = true\n",
+            keyless::apps::sha256_hex(APP_KEY.as_bytes())
+        ),
+    )?;
+    let apps_config = apps_config.display().to_string();
+    let bearer_key = format!("Bearer {APP_KEY}");
+
     // Instructions a request, each proxy alone under callgrind.
     let mut instructions = Vec::new();
     let callgrind = procs::which("valgrind").zip(procs::which("callgrind_annotate"));
@@ -577,18 +602,7 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
                 &["--workers", "1"],
             )
         });
-        // The shared gateway: an app key checked, its quotas taken, usage read from the
-        // answer (`[usage]` on), on the same requests.
-        let apps_config = dir.path().join("apps.toml");
-        std::fs::write(
-            &apps_config,
-            format!(
-                "[[apps]]\nname = \"bench\"\nkey_sha256 = \"{}\"\nrpm = 1000000\ntpm = 1000000000\n\n[usage]\nstream_include_usage = true\n",
-                keyless::apps::sha256_hex(APP_KEY.as_bytes())
-            ),
-        )?;
-        let apps_config = apps_config.display().to_string();
-        let bearer_key = format!("Bearer {APP_KEY}");
+        // The shared gateway (`apps_config`) on the same requests.
         let apps_count = instructions::count(
             &annotate,
             dir.path(),
@@ -630,18 +644,38 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
         start_keyless(&keyless_bin, sim_addr, &secret, log("keyless-streams"))?;
     let stream_pid = stream_keyless.pid();
     let stream_idle_kib = procs::status_kib(stream_pid, "VmRSS");
+    // The shared gateway's streams: a fresh keyless of its own too, the app key sent.
+    let (mut apps_keyless, apps_addr) = start_keyless_under(
+        None,
+        &keyless_bin,
+        sim_addr,
+        &secret,
+        log("keyless-apps-streams"),
+        &["--config", &apps_config],
+    )?;
+    let apps_pid = apps_keyless.pid();
+    // The keyless a row's streams go through.
+    let proxy_of = |row: Row| match row {
+        Row::Keyless => Some(stream_pid),
+        Row::KeylessApps => Some(apps_pid),
+        Row::Direct | Row::Nginx => None,
+    };
     let spec = |row: Row, mode: StreamMode| streams::Spec {
-        addr: if row == Row::Keyless {
-            stream_addr
-        } else {
-            sim_addr
+        addr: match row {
+            Row::Keyless => stream_addr,
+            Row::KeylessApps => apps_addr,
+            Row::Direct | Row::Nginx => sim_addr,
         },
-        path: if row == Row::Keyless {
-            "/v1/chat/completions".into()
-        } else {
+        path: if row == Row::Direct {
             "/openai/v1/chat/completions".into()
+        } else {
+            "/v1/chat/completions".into()
         },
-        authorization: (row == Row::Direct).then(|| bearer.clone()),
+        authorization: match row {
+            Row::Direct => Some(bearer.clone()),
+            Row::KeylessApps => Some(bearer_key.clone()),
+            Row::Keyless | Row::Nginx => None,
+        },
         streams: plan.streams,
         chunks: plan.chunks,
         delay_ms: plan.delay_ms,
@@ -653,28 +687,27 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
         timeout: Duration::from_secs(60),
     };
     let mut stream_cells = Vec::new();
-    let mut batches = vec![
-        (Row::Direct, StreamMode::Cold),
-        (Row::Keyless, StreamMode::Cold),
-    ];
+    let mut batches: Vec<_> = Row::STREAMS.map(|row| (row, StreamMode::Cold)).into();
+    // Paced batches rotated by one place a round (direct, keyless, apps; keyless, apps,
+    // direct; ...), as the request rows are.
     for round in 0..plan.stream_rounds {
-        let pair = if round % 2 == 0 {
-            [Row::Direct, Row::Keyless]
-        } else {
-            [Row::Keyless, Row::Direct]
-        };
-        batches.extend(pair.map(|row| (row, StreamMode::Paced)));
+        let rows = Row::STREAMS;
+        batches
+            .extend((0..rows.len()).map(|k| (rows[(k + round) % rows.len()], StreamMode::Paced)));
     }
-    batches.extend([
-        (Row::Direct, StreamMode::Burst),
-        (Row::Keyless, StreamMode::Burst),
-    ]);
+    // Smoke mode keeps its few seconds: no burst through the shared gateway's keyless.
+    batches.extend(
+        Row::STREAMS
+            .into_iter()
+            .filter(|&row| !(plan.smoke && row == Row::KeylessApps))
+            .map(|row| (row, StreamMode::Burst)),
+    );
     let stream_once = |row: Row, mode: StreamMode, peak_reset: &mut bool| {
-        let pid = [stream_pid];
-        if row == Row::Keyless {
+        let pid: Vec<u32> = proxy_of(row).into_iter().collect();
+        if !pid.is_empty() {
             *peak_reset &= procs::reset_peak_rss(&pid);
         }
-        let ours = || procs::cpu_ticks(&[stream_pid, sim_pid, std::process::id()]);
+        let ours = || procs::cpu_ticks(&[stream_pid, apps_pid, sim_pid, std::process::id()]);
         let overflows = procs::listen_overflows();
         let (cpu0, ours0, machine0) = (procs::cpu_ticks(&pid), ours(), procs::machine_ticks());
         let outcome = streams::run(&spec(row, mode))?;
@@ -685,8 +718,8 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
             row,
             mode,
             outcome,
-            proxy_peak_kib: (row == Row::Keyless).then(|| procs::peak_rss_kib(&pid)),
-            proxy_ticks: (row == Row::Keyless).then(|| cpu1.saturating_sub(cpu0)),
+            proxy_peak_kib: (!pid.is_empty()).then(|| procs::peak_rss_kib(&pid)),
+            proxy_ticks: (!pid.is_empty()).then(|| cpu1.saturating_sub(cpu0)),
             other_share: other as f64 / machine1.1.saturating_sub(machine0.1).max(1) as f64,
             listen_overflows: procs::listen_overflows().saturating_sub(overflows),
             busy_share: busy as f64 / machine1.1.saturating_sub(machine0.1).max(1) as f64,
@@ -760,6 +793,22 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
         std::thread::sleep(Duration::from_millis(500));
     }
     stream_keyless.check_alive()?;
+    apps_keyless.check_alive()?;
+    apps_keyless.stop();
+    // Limits in Redis against the same limits in the process, at low concurrency.
+    let limits = limits::run(
+        &plan,
+        &tools.wrk,
+        &script,
+        &keyless_bin,
+        sim_addr,
+        &secret,
+        dir.path(),
+        APP_KEY,
+    )?;
+    if let Some(limits) = &limits {
+        problems.extend(limits.problems.iter().cloned());
+    }
     // Realtime: 200 sessions of 20 ms audio-sized frames, direct and through a keyless of
     // its own (in front of an echoing WebSocket mock).
     let realtime_spec = realtime::Spec {
@@ -837,6 +886,7 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
         instructions,
         heap,
         realtime: Some(realtime),
+        limits,
         problems,
         busy_at_start,
     })
@@ -905,7 +955,7 @@ fn start_keyless(
 
 /// keyless with `extra` arguments, or keyless run by `wrapper` (`heaptrack -o FILE`),
 /// which passes its stdout on.
-fn start_keyless_under(
+pub(crate) fn start_keyless_under(
     wrapper: Option<(&Path, Vec<String>)>,
     bin: &Path,
     sim: SocketAddr,

@@ -147,6 +147,11 @@ fn summarize_streams(cells: &[StreamCell], row: Row, mode: StreamMode) -> Option
     })
 }
 
+/// keyless's CPU (µs) an event relayed, connection set-up included.
+fn cpu_us_an_event(results: &Results, s: &StreamSummary) -> f64 {
+    s.proxy_ticks as f64 / results.clock_ticks as f64 * 1e6 / s.events_total.max(1) as f64
+}
+
 fn ms(us: f64) -> String {
     if us.is_nan() {
         "-".into()
@@ -239,6 +244,9 @@ pub fn markdown(results: &Results, image: &str) -> String {
     targets(&mut out, results);
     requests(&mut out, results);
     streams(&mut out, results);
+    if let Some(limits) = &results.limits {
+        crate::limits::markdown(&mut out, limits);
+    }
     if let Some(realtime) = &results.realtime {
         crate::realtime::markdown(&mut out, realtime);
     }
@@ -301,20 +309,19 @@ fn targets(out: &mut String, results: &Results) {
     }
     let paced_k = summarize_streams(&results.streams, Row::Keyless, StreamMode::Paced);
     let paced_d = summarize_streams(&results.streams, Row::Direct, StreamMode::Paced);
-    let all_keyless: Vec<_> = results
-        .streams
-        .iter()
-        .filter(|s| s.row == Row::Keyless)
-        .collect();
-    if !all_keyless.is_empty() {
-        let peak = all_keyless
+    for row in [Row::Keyless, Row::KeylessApps] {
+        let batches: Vec<_> = results.streams.iter().filter(|s| s.row == row).collect();
+        if batches.is_empty() {
+            continue;
+        }
+        let peak = batches
             .iter()
             .filter_map(|s| s.proxy_peak_kib)
             .max()
             .unwrap_or(0);
-        let done: usize = all_keyless.iter().map(|s| s.outcome.completed).sum();
-        let total: usize = all_keyless.iter().map(|s| s.outcome.streams).sum();
-        let open = all_keyless
+        let done: usize = batches.iter().map(|s| s.outcome.completed).sum();
+        let total: usize = batches.iter().map(|s| s.outcome.streams).sum();
+        let open = batches
             .iter()
             .map(|s| s.outcome.peak_open)
             .min()
@@ -323,15 +330,75 @@ fn targets(out: &mut String, results: &Results) {
         let met = peak < limit && done == total;
         let _ = writeln!(
             out,
-            "| {} concurrent streams through keyless under 64 MiB RSS, all complete | peak {}; {done}/{total} complete in {} batches; at least {open} open at once | {:.2} of 64 MiB | {} |",
+            "| {} concurrent streams through {} under 64 MiB RSS, all complete | peak {}; {done}/{total} complete in {} batches; at least {open} open at once | {:.2} of 64 MiB | {} |",
             thousands(results.plan.streams as f64),
+            row.name(),
             mib(peak),
-            all_keyless.len(),
+            batches.len(),
             peak as f64 / limit as f64,
             verdict(met)
         );
         if !met {
-            missed.push("streams");
+            missed.push(if row == Row::Keyless {
+                "streams"
+            } else {
+                "streams with app keys and usage"
+            });
+        }
+    }
+    if let (Some(pk), Some(pa)) = (
+        &paced_k,
+        summarize_streams(&results.streams, Row::KeylessApps, StreamMode::Paced),
+    ) {
+        let (k, a) = (cpu_us_an_event(results, pk), cpu_us_an_event(results, &pa));
+        let ratio = a / k;
+        let met = ratio <= 1.05;
+        let _ = writeln!(
+            out,
+            "| CPU an event of paced streams with app key and usage within +5% of keyless's | {} {a:.1} µs vs keyless {k:.1} µs an event | {ratio:.2} | {} |",
+            crate::KEYLESS_APPS,
+            verdict(met)
+        );
+        if !met {
+            missed.push("CPU of streams with app keys and usage");
+        }
+    }
+    let per_request = |name: &str| {
+        results
+            .instructions
+            .iter()
+            .find(|(row, _)| *row == name)
+            .map(|(_, c)| c.per_request)
+    };
+    if let (Some(k), Some(a)) = (per_request("keyless"), per_request(crate::KEYLESS_APPS)) {
+        let ratio = a / k;
+        let met = ratio <= 1.05;
+        let _ = writeln!(
+            out,
+            "| instructions a request with app key and usage within +5% of keyless's (callgrind) | {} {} vs keyless {} | {ratio:.3} | {} |",
+            crate::KEYLESS_APPS,
+            thousands(a),
+            thousands(k),
+            verdict(met)
+        );
+        if !met {
+            missed.push("instructions with app keys and usage");
+        }
+    }
+    if let Some((added, local, redis)) = results.limits.as_ref().and_then(|l| l.added_p50(1)) {
+        let met = added < crate::limits::TARGET_US;
+        let _ = writeln!(
+            out,
+            "| limits in Redis add < 0.5 ms at p50, 1 connection | redis {} ms vs local {} ms: {} ms; {:.2} Redis decisions a request | {:.2} of 0.5 ms | {} |",
+            ms(redis.p50),
+            ms(local.p50),
+            added_ms(added),
+            redis.decisions_per_request,
+            added / crate::limits::TARGET_US,
+            verdict(met)
+        );
+        if !met {
+            missed.push("Redis-backed limits' latency");
         }
     }
     if let (Some(pk), Some(pd)) = (&paced_k, &paced_d) {
@@ -515,7 +582,13 @@ fn streams(out: &mut String, results: &Results) {
          capped by `net.core.somaxconn`) was full, keyless's or the simulator's; each costs its client a SYN \
          retransmission, one second, which is what a burst's TTFB tail is made of.\n\
          - TTFB runs from before connect to the first body byte; a gap is the time between two \
-         consecutive events of a stream as the client reads them.\n",
+         consecutive events of a stream as the client reads them.\n\
+         - *{}*: a third fresh keyless, started with one app (`rpm`, `tpm` far above the load) \
+         and `[usage] stream_include_usage = true`; each stream sends the app key. keyless \
+         adds `stream_options.include_usage` upstream, reads the usage event at the end and \
+         holds it back from the client, which did not ask for it: the client gets the same \
+         events as through plain keyless. Its CPU an event is compared with plain keyless's \
+         paced batches of the same run.\n",
         thousands(plan.streams as f64),
         plan.chunks,
         plan.delay_ms,
@@ -523,6 +596,7 @@ fn streams(out: &mut String, results: &Results) {
         results.stream_idle_kib.map_or("-".into(), mib),
         plan.ramp.as_millis(),
         plan.stream_rounds,
+        crate::KEYLESS_APPS,
     );
     let _ = writeln!(
         out,
@@ -533,7 +607,7 @@ fn streams(out: &mut String, results: &Results) {
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for mode in [StreamMode::Cold, StreamMode::Paced, StreamMode::Burst] {
-        for row in [Row::Direct, Row::Keyless] {
+        for row in Row::STREAMS {
             let Some(s) = summarize_streams(&results.streams, row, mode) else {
                 continue;
             };
@@ -559,29 +633,45 @@ fn streams(out: &mut String, results: &Results) {
     }
     out.push('\n');
     for mode in [StreamMode::Cold, StreamMode::Paced, StreamMode::Burst] {
-        if let (Some(k), Some(d)) = (
-            summarize_streams(&results.streams, Row::Keyless, mode),
-            summarize_streams(&results.streams, Row::Direct, mode),
-        ) {
-            let add = |v: &[f64], w: &[f64], p: f64| added_ms(percentile(v, p) - percentile(w, p));
-            let _ = writeln!(
-                out,
-                "- {}: keyless adds {} ms to TTFB at p50 and {} ms at p99; {} ms to the gap at p50, {} ms at p99.",
-                mode.name(),
-                add(&k.ttfb, &d.ttfb, 50.0),
-                add(&k.ttfb, &d.ttfb, 99.0),
-                add(&k.gaps, &d.gaps, 50.0),
-                add(&k.gaps, &d.gaps, 99.0),
-            );
+        for row in [Row::Keyless, Row::KeylessApps] {
+            if let (Some(k), Some(d)) = (
+                summarize_streams(&results.streams, row, mode),
+                summarize_streams(&results.streams, Row::Direct, mode),
+            ) {
+                let add =
+                    |v: &[f64], w: &[f64], p: f64| added_ms(percentile(v, p) - percentile(w, p));
+                let _ = writeln!(
+                    out,
+                    "- {}: {} adds {} ms to TTFB at p50 and {} ms at p99; {} ms to the gap at p50, {} ms at p99.",
+                    mode.name(),
+                    row.name(),
+                    add(&k.ttfb, &d.ttfb, 50.0),
+                    add(&k.ttfb, &d.ttfb, 99.0),
+                    add(&k.gaps, &d.gaps, 50.0),
+                    add(&k.gaps, &d.gaps, 99.0),
+                );
+            }
         }
     }
-    if let Some(k) = summarize_streams(&results.streams, Row::Keyless, StreamMode::Paced) {
+    let plain = summarize_streams(&results.streams, Row::Keyless, StreamMode::Paced);
+    for row in [Row::Keyless, Row::KeylessApps] {
+        let Some(k) = summarize_streams(&results.streams, row, StreamMode::Paced) else {
+            continue;
+        };
         let seconds = k.proxy_ticks as f64 / results.clock_ticks as f64;
+        let vs = match (&plain, row) {
+            (Some(p), Row::KeylessApps) => format!(
+                "; {:.2} x keyless's",
+                cpu_us_an_event(results, &k) / cpu_us_an_event(results, p)
+            ),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "- keyless's CPU while relaying paced streams: {:.1} µs an event, connection set-up \
-             included ({:.2} s for {} events).",
-            seconds * 1e6 / k.events_total.max(1) as f64,
+            "- {}'s CPU while relaying paced streams: {:.1} µs an event, connection set-up \
+             included ({:.2} s for {} events){vs}.",
+            row.name(),
+            cpu_us_an_event(results, &k),
             seconds,
             thousands(k.events_total as f64)
         );
