@@ -179,7 +179,8 @@ impl Scan {
         &[]
     }
 
-    /// One byte at a time after the key (a few hundred bytes per answer at most).
+    /// After the key: the colon and the brace one byte at a time (a few bytes), then the
+    /// object by [`object_end`], a jump from one quote or brace to the next.
     fn step<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
         for (i, &b) in data.iter().enumerate() {
             match &mut self.state {
@@ -193,12 +194,13 @@ impl Scan {
                     b' ' | b'\t' | b'\r' | b'\n' => {}
                     b'{' => {
                         self.object.clear();
-                        self.object.push(b);
                         self.state = State::Object {
-                            depth: 1,
+                            depth: 0,
                             in_string: false,
                             escaped: false,
                         };
+                        // The brace itself is the object's first byte.
+                        return &data[i..];
                     }
                     _ => self.state = State::Seeking { matched: 0 },
                 },
@@ -207,43 +209,70 @@ impl Scan {
                     in_string,
                     escaped,
                 } => {
-                    if self.object.len() >= MAX_OBJECT {
+                    let rest = &data[i..];
+                    let end = object_end(rest, depth, in_string, escaped);
+                    let taken = &rest[..end.unwrap_or(rest.len())];
+                    if self.object.len() + taken.len() > MAX_OBJECT {
                         self.object.clear();
                         self.state = State::Seeking { matched: 0 };
-                        return &data[i..];
+                        return rest;
                     }
-                    self.object.push(b);
-                    if *in_string {
-                        if *escaped {
-                            *escaped = false;
-                        } else if b == b'\\' {
-                            *escaped = true;
-                        } else if b == b'"' {
-                            *in_string = false;
-                        }
-                        continue;
+                    self.object.extend_from_slice(taken);
+                    let Some(end) = end else { return &[] };
+                    if let Some(usage) = Usage::parse(&self.object) {
+                        self.found = Some(usage);
                     }
-                    match b {
-                        b'"' => *in_string = true,
-                        b'{' => *depth += 1,
-                        b'}' => {
-                            *depth -= 1;
-                            if *depth == 0 {
-                                if let Some(usage) = Usage::parse(&self.object) {
-                                    self.found = Some(usage);
-                                }
-                                self.object.clear();
-                                self.state = State::Seeking { matched: 0 };
-                                return &data[i + 1..];
-                            }
-                        }
-                        _ => {}
-                    }
+                    self.object.clear();
+                    self.state = State::Seeking { matched: 0 };
+                    return &rest[end..];
                 }
             }
         }
         &[]
     }
+}
+
+/// Where the JSON value being read ends in `data` (the index after its closing brace),
+/// or `None` when it goes on past `data`; the state carries over to the next read. It
+/// jumps with `memchr` from one byte that matters to the next: inside a string a quote
+/// or a backslash, outside one a quote or a brace.
+fn object_end(
+    data: &[u8],
+    depth: &mut u32,
+    in_string: &mut bool,
+    escaped: &mut bool,
+) -> Option<usize> {
+    let mut i = 0;
+    while i < data.len() {
+        if *escaped {
+            *escaped = false;
+            i += 1;
+            continue;
+        }
+        if *in_string {
+            let at = i + memchr::memchr2(b'"', b'\\', &data[i..])?;
+            if data[at] == b'\\' {
+                *escaped = true;
+            } else {
+                *in_string = false;
+            }
+            i = at + 1;
+            continue;
+        }
+        let at = i + memchr::memchr3(b'"', b'{', b'}', &data[i..])?;
+        match data[at] {
+            b'"' => *in_string = true,
+            b'{' => *depth += 1,
+            _ => {
+                *depth = depth.saturating_sub(1);
+                if *depth == 0 {
+                    return Some(at + 1);
+                }
+            }
+        }
+        i = at + 1;
+    }
+    None
 }
 
 /// Removes the usage frame (`choices: []` with a `usage` object) from a chat stream, which
@@ -429,6 +458,21 @@ mod tests {
         // An embeddings answer: only prompt and total.
         let e = r#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
         assert_eq!(scan_in_pieces(e, 4).unwrap().total, 8);
+    }
+
+    #[test]
+    fn braces_quotes_and_backslashes_in_strings_do_not_end_the_object() {
+        // A string holding `}`, `{`, an escaped quote and an escaped backslash, then a
+        // nested object: the object ends at its own closing brace, at every split.
+        let body = r#"{"usage":{"note":"} { \" \\","prompt_tokens_details":{"cached_tokens":2},"prompt_tokens":3,"total_tokens":3},"tail":"}"}"#;
+        for size in 1..=body.len() {
+            let usage = scan_in_pieces(body, size);
+            assert_eq!(
+                usage.map(|u| (u.prompt, u.cached)),
+                Some((3, 2)),
+                "pieces of {size}"
+            );
+        }
     }
 
     fn filtered(reads: &[&str]) -> String {
