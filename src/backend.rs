@@ -316,15 +316,34 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds the routes of `config`. `resource_for(endpoint, scope)` returns the shared
-    /// resource for an endpoint (`None`: the default one) and scope.
+    /// Builds the routes of `config`, whose default endpoint is `default`.
+    /// `resource_for(endpoint, scope)` makes the resource of each pair of
+    /// [`Config::resources`], once each, the default one first.
     pub fn new(
         config: &Config,
-        default: Arc<Resource>,
-        mut resource_for: impl FnMut(Option<&Url>, Option<&str>) -> Result<Arc<Resource>, String>,
+        default: &Url,
+        mut resource_for: impl FnMut(&Url, &str) -> Result<Arc<Resource>, String>,
     ) -> Result<Router, String> {
         let epoch = Instant::now();
         let limits = config.limits.deployments.clone();
+        let mut resources = Vec::new();
+        for (url, scope) in config.resources(default) {
+            let resource = resource_for(&url, &scope)?;
+            resources.push((url, scope, resource));
+        }
+        let resource_of = |spec: &BackendSpec| {
+            let url = spec.endpoint.as_ref().unwrap_or(default);
+            let scope = spec.scope.as_deref().unwrap_or(&config.scope);
+            resources
+                .iter()
+                .find(|(u, s, _)| u == url && s == scope)
+                .map(|(_, _, resource)| resource.clone())
+                .ok_or_else(|| format!("no resource for {url} with scope {scope}"))
+        };
+        let default = match resources.first() {
+            Some((_, _, resource)) => resource.clone(),
+            None => return Err("no default resource".to_owned()),
+        };
         let mut states: HashMap<(usize, String), Arc<Deployment>> = HashMap::new();
         let mut configured = HashMap::new();
         for (model, route) in &config.models {
@@ -339,15 +358,9 @@ impl Router {
                 }],
                 ModelRoute::Backends(specs) => specs.clone(),
             };
-            if specs.len() > MAX_BACKENDS {
-                return Err(format!("models.{model}: at most {MAX_BACKENDS} backends"));
-            }
             let mut backends = Vec::with_capacity(specs.len());
             for spec in specs {
-                let upstream = match (&spec.endpoint, &spec.scope) {
-                    (None, None) => default.clone(),
-                    (endpoint, scope) => resource_for(endpoint.as_ref(), scope.as_deref())?,
-                };
+                let upstream = resource_of(&spec)?;
                 let key = (Arc::as_ptr(&upstream) as usize, spec.deployment.clone());
                 let state = states
                     .entry(key)
@@ -646,7 +659,8 @@ mod tests {
                 ..crate::config::Flags::default()
             };
             let config = Config::load(&flags).unwrap();
-            let router = Router::new(&config, resource(), |_, _| Ok(resource())).unwrap();
+            let default = Url::parse("https://a.openai.azure.com").unwrap();
+            let router = Router::new(&config, &default, |_, _| Ok(resource())).unwrap();
             let mut labels = std::collections::HashSet::new();
             for name in names.iter().map(String::as_str).chain(["prod"]) {
                 for b in router.on_default(name).iter() {

@@ -791,6 +791,31 @@ impl Config {
             None => self.default_deployment.as_deref().unwrap_or(model),
         }
     }
+
+    /// Every (endpoint, scope) pair keyless sends to, each once: the default endpoint
+    /// (`default`, which the simulator knows only once it runs) with the default scope
+    /// first, then the backends' pairs by model name (a stable order for `keyless check`).
+    /// The router makes one resource of each; `keyless check` acquires a token for each
+    /// scope and calls each endpoint.
+    pub fn resources(&self, default: &Url) -> Vec<(Url, String)> {
+        let mut out = vec![(default.clone(), self.scope.clone())];
+        let mut routes: Vec<(&String, &ModelRoute)> = self.models.iter().collect();
+        routes.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, route) in routes {
+            if let ModelRoute::Backends(backends) = route {
+                for backend in backends {
+                    let pair = (
+                        backend.endpoint.clone().unwrap_or_else(|| default.clone()),
+                        backend.scope.clone().unwrap_or_else(|| self.scope.clone()),
+                    );
+                    if !out.contains(&pair) {
+                        out.push(pair);
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// `value` (or `default`), refused when zero: every timeout and interval must be positive.
@@ -1191,6 +1216,10 @@ fn validate_route(model: &str, route: RawModel) -> Result<ModelRoute, Vec<String
     if backends.is_empty() {
         return Err(vec![format!("models.{model}: the backend list is empty")]);
     }
+    let max = crate::backend::MAX_BACKENDS;
+    if backends.len() > max {
+        return Err(vec![format!("models.{model}: at most {max} backends")]);
+    }
     let mut problems = Vec::new();
     let mut specs = Vec::new();
     for (i, raw) in backends.into_iter().enumerate() {
@@ -1521,6 +1550,47 @@ b = []
         assert!(text.contains("must be https"), "{text}");
         assert!(text.contains("weight"), "{text}");
         assert!(text.contains("empty"), "{text}");
+    }
+
+    #[test]
+    fn a_model_lists_at_most_64_backends() {
+        let list = vec![r#"{ deployment = "d" }"#; 65].join(", ");
+        let raw = parse_file(&format!("[models]\nm = [ {list} ]\n")).unwrap();
+        let err = Config::merge(&flags(), raw).unwrap_err();
+        assert_eq!(err.0, ["models.m: at most 64 backends"]);
+    }
+
+    #[test]
+    fn resources_are_each_endpoint_and_scope_once_the_default_first() {
+        let raw = parse_file(
+            r#"
+[models]
+b = [ { endpoint = "https://two.openai.azure.com", deployment = "x" }, { deployment = "y" } ]
+a = [ { endpoint = "https://one.openai.azure.com", deployment = "x", scope = "api://s/.default" },
+      { endpoint = "https://two.openai.azure.com", deployment = "z" } ]
+c = "plain"
+"#,
+        )
+        .unwrap();
+        let c = Config::merge(&flags(), raw).unwrap();
+        let default = Url::parse("https://zero.openai.azure.com").unwrap();
+        let pairs: Vec<(String, String)> = c
+            .resources(&default)
+            .into_iter()
+            .map(|(url, scope)| (url.host_str().unwrap().to_owned(), scope))
+            .collect();
+        let scope = c.scope.clone();
+        assert_eq!(
+            pairs,
+            [
+                ("zero.openai.azure.com".to_owned(), scope.clone()),
+                (
+                    "one.openai.azure.com".to_owned(),
+                    "api://s/.default".to_owned()
+                ),
+                ("two.openai.azure.com".to_owned(), scope),
+            ]
+        );
     }
 
     #[test]
