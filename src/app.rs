@@ -24,7 +24,7 @@ use crate::otel::Traces;
 use crate::prepare::{self, Prepared, ReplayBudget};
 use crate::retry::{self, Attempts, Health, NoHead, Reply, Step};
 use crate::rewrite;
-use crate::route::{self, Inbound, Op};
+use crate::route::{self, Azure, Inbound, Op, UpstreamPath};
 use crate::shared_limit::SharedLimits;
 use crate::telemetry::{BackendLabels, LimitLabels, Record, RetryLabels, Telemetry};
 use crate::upstream::{Client, Lease, SendError};
@@ -88,15 +88,6 @@ struct Destination<'a> {
     /// keyless asked this chat stream for a usage frame the client did not ask for: the
     /// frame is taken out of the answer.
     remove_usage_frame: bool,
-}
-
-/// The upstream path of a request.
-#[derive(Clone, Copy)]
-enum UpstreamPath<'a> {
-    /// An OpenAI-style operation, turned into Azure's path for each backend.
-    Op(Op<'a>),
-    /// An Azure-style path, sent as it came.
-    Verbatim(&'a str),
 }
 
 impl App {
@@ -349,12 +340,15 @@ impl App {
                 return Err(not_found(&parts.method, uri.path()));
             }
             Inbound::Refused(why) => return Err(Error::BadPath(why.into())),
-            Inbound::Azure(path) => {
+            Inbound::Azure(Azure {
+                path,
+                op,
+                deployment,
+            }) => {
                 // Azure-style clients already name the deployment: same path and query, on
                 // the default endpoint. The deployment (from the path, or the body's model
                 // on every other Azure path: `/openai/v1/...`, `/openai/responses`) picks
                 // the limits, cool-down and metric label that apply; nothing is rewritten.
-                let (op, named) = azure_op(path);
                 let mut prepared = prepare::prepare(
                     &self.config,
                     Op { path: op },
@@ -364,7 +358,7 @@ impl App {
                     &self.replay,
                 )
                 .await?;
-                let backends = match &named {
+                let backends = match &deployment {
                     Some(deployment) => {
                         prepared.keep_model();
                         self.router.on_default(deployment)
@@ -379,7 +373,11 @@ impl App {
                 };
                 let backends = self.stored_response(op, &prepared, backends);
                 client_model = want_model
-                    .then(|| named.or_else(|| prepared.model.as_ref().map(|m| m.name.clone())))
+                    .then(|| {
+                        deployment
+                            .map(|d| d.into_owned())
+                            .or_else(|| prepared.model.as_ref().map(|m| m.name.clone()))
+                    })
                     .flatten();
                 let destination = Destination {
                     path: UpstreamPath::Verbatim(path),
@@ -505,12 +503,12 @@ impl App {
         let (mut parts, _body) = req.into_parts();
         let uri = parts.uri.clone();
         let query = uri.query();
-        let (path, backends) = match inbound {
+        let (path, backends) = match &inbound {
             Inbound::OpenAi(op) if op.path == "realtime" => {
                 record.route = "realtime";
                 let model = realtime::query_value(query, "model");
                 let backends = match (&model, self.config.api) {
-                    (Some(model), _) => self.backends_for(op, Some(model))?,
+                    (Some(model), _) => self.backends_for(*op, Some(model))?,
                     (None, ApiStyle::V1) => self.router.passthrough(),
                     (None, ApiStyle::Deployments) => match &self.config.default_deployment {
                         Some(d) => self.router.on_default(d),
@@ -521,10 +519,10 @@ impl App {
                         }
                     },
                 };
-                (None, backends)
+                (UpstreamPath::Session, backends)
             }
-            Inbound::OpenAi(op) => (Some(UpstreamPath::Op(op)), self.backends_for(op, None)?),
-            Inbound::Azure(path) => {
+            Inbound::OpenAi(op) => (UpstreamPath::Op(*op), self.backends_for(*op, None)?),
+            Inbound::Azure(Azure { path, .. }) => {
                 if matches!(
                     path.trim_end_matches('/'),
                     "/openai/v1/realtime" | "/openai/realtime"
@@ -538,7 +536,7 @@ impl App {
                     }
                     None => self.router.passthrough(),
                 };
-                (Some(UpstreamPath::Verbatim(path)), backends)
+                (UpstreamPath::Verbatim(path), backends)
             }
             _ => return Err(not_found(&parts.method, uri.path())),
         };
@@ -590,21 +588,13 @@ impl App {
         let endpoint = &deployment.upstream.endpoint;
         let name = deployment.name.as_deref();
         let (base, version) = (&endpoint.base_path, &self.config.api_version);
+        // The session's own path builder drops the key parameters itself; the others get
+        // the query without them.
         let pq = match path {
-            None => realtime::upstream_path(base, self.config.api, name, version, query)?,
-            Some(path) => {
+            UpstreamPath::Session => path.build(base, self.config.api, name, version, query)?,
+            path => {
                 let query = realtime::without_keys(query);
-                match path {
-                    UpstreamPath::Op(op) => route::upstream_path(
-                        base,
-                        self.config.api,
-                        op,
-                        name,
-                        version,
-                        query.as_deref(),
-                    )?,
-                    UpstreamPath::Verbatim(path) => route::azure_path(base, path, query.as_deref()),
-                }
+                path.build(base, self.config.api, name, version, query.as_deref())?
             }
         };
         let upstream_uri = endpoint.uri(pq)?;
@@ -941,19 +931,13 @@ impl App {
 
     fn uri_for(&self, destination: &Destination<'_>, backend: &Backend) -> Result<Uri, Error> {
         let endpoint = &backend.deployment.upstream.endpoint;
-        let pq = match destination.path {
-            UpstreamPath::Op(op) => route::upstream_path(
-                &endpoint.base_path,
-                self.config.api,
-                op,
-                backend.deployment.name.as_deref(),
-                &self.config.api_version,
-                destination.query,
-            )?,
-            UpstreamPath::Verbatim(path) => {
-                route::azure_path(&endpoint.base_path, path, destination.query)
-            }
-        };
+        let pq = destination.path.build(
+            &endpoint.base_path,
+            self.config.api,
+            backend.deployment.name.as_deref(),
+            &self.config.api_version,
+            destination.query,
+        )?;
         endpoint.uri(pq)
     }
 
@@ -1069,26 +1053,6 @@ fn carries_usage(op: &str) -> bool {
         op,
         "chat/completions" | "completions" | "embeddings" | "responses"
     )
-}
-
-/// The operation of an Azure-style path and the deployment it names, if it names one:
-/// `/openai/deployments/{d}/chat/completions` gives (`chat/completions`, `{d}` decoded);
-/// `/openai/v1/responses` and `/openai/responses` give (`responses`, none).
-fn azure_op(path: &str) -> (&str, Option<String>) {
-    let rest = path
-        .strip_prefix("/openai/")
-        .or_else(|| path.strip_prefix("/openai"))
-        .unwrap_or("");
-    if let Some(scoped) = rest.strip_prefix("deployments/") {
-        let (segment, op) = scoped.split_once('/').unwrap_or((scoped, ""));
-        let deployment = percent_encoding::percent_decode_str(segment)
-            .decode_utf8()
-            .ok()
-            .filter(|d| !d.is_empty())
-            .map(|d| d.into_owned());
-        return (op, deployment);
-    }
-    (rest.strip_prefix("v1/").unwrap_or(rest), None)
 }
 
 /// The request's id: the client's `x-request-id` when it sent a usable one (`true`), else
