@@ -780,18 +780,6 @@ impl Config {
         }
     }
 
-    /// The deployment a model maps to on the default endpoint (the first backend's for
-    /// a model with a backend list).
-    pub fn deployment_for<'a>(&'a self, model: &'a str) -> &'a str {
-        match self.models.get(model) {
-            Some(ModelRoute::Deployment(deployment)) => deployment,
-            Some(ModelRoute::Backends(backends)) => {
-                backends.first().map_or(model, |b| b.deployment.as_str())
-            }
-            None => self.default_deployment.as_deref().unwrap_or(model),
-        }
-    }
-
     /// Every (endpoint, scope) pair keyless sends to, each once: the default endpoint
     /// (`default`, which the simulator knows only once it runs) with the default scope
     /// first, then the backends' pairs by model name (a stable order for `keyless check`).
@@ -1328,6 +1316,7 @@ pub fn normalise_endpoint(text: &str) -> Result<Url, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::tests::deployment_of;
 
     fn flags() -> Flags {
         Flags {
@@ -1373,16 +1362,16 @@ mod tests {
         let c = Config::merge(&f, raw).unwrap();
         assert_eq!(c.listen.port(), 9000, "file value used when no flag");
         assert_eq!(c.api, ApiStyle::V1, "flag wins over file");
-        assert_eq!(c.deployment_for("a"), "flag-a");
-        assert_eq!(c.deployment_for("b"), "file-b");
+        assert_eq!(deployment_of(&c, "a"), "flag-a");
+        assert_eq!(deployment_of(&c, "b"), "file-b");
     }
 
     #[test]
     fn unmapped_model_goes_to_default_deployment_else_same_name() {
         let mut c = Config::merge(&flags(), RawConfig::default()).unwrap();
-        assert_eq!(c.deployment_for("gpt-4o"), "gpt-4o");
+        assert_eq!(deployment_of(&c, "gpt-4o"), "gpt-4o");
         c.default_deployment = Some("fallback".into());
-        assert_eq!(c.deployment_for("gpt-4o"), "fallback");
+        assert_eq!(deployment_of(&c, "gpt-4o"), "fallback");
     }
 
     #[test]
@@ -1531,7 +1520,7 @@ max_concurrent = 2
         assert_eq!(c.retry.max_wait, Duration::from_secs(10));
         assert_eq!(c.limits.mode, LimitMode::Queue);
         assert_eq!(c.limits.deployments["dep"].rpm.unwrap().get(), 60);
-        assert_eq!(c.deployment_for("gpt-4o"), "gpt4o-ptu");
+        assert_eq!(deployment_of(&c, "gpt-4o"), "gpt4o-ptu");
     }
 
     #[test]

@@ -59,6 +59,20 @@ pub struct Azure<'a> {
     pub deployment: Option<Cow<'a, str>>,
 }
 
+/// What a request asks Azure for: the part of an [`Inbound`] that is forwarded, as
+/// `backend::Router::resolve` takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// An OpenAI-style operation; the model comes from the body.
+    OpenAi(Op<'a>),
+    /// An Azure-style path; its deployment is the one the path names, else the model the
+    /// body (or a session's query) names.
+    Azure(Azure<'a>),
+    /// An OpenAI-style realtime session (a WebSocket upgrade of `/v1/realtime`): the model
+    /// comes from its query, and its upstream path is built by `realtime.rs`.
+    Session,
+}
+
 /// The upstream path of a request, one way a route has of building it per backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamPath<'a> {
