@@ -15,16 +15,16 @@
 use crate::affinity::{self, Affinity, Learner};
 use crate::apps::Apps;
 use crate::auth::TokenCache;
-use crate::backend::{self, Backend, Pick, Router};
+use crate::backend::{self, Backend, Pick, Route, Router};
 use crate::body::{Body, End, Tap, UpstreamBody};
-use crate::config::{ApiStyle, Config};
+use crate::config::Config;
 use crate::error::Error;
 use crate::limit;
 use crate::otel::Traces;
 use crate::prepare::{self, Prepared, ReplayBudget};
 use crate::retry::{self, Attempts, Health, NoHead, Reply, Step};
 use crate::rewrite;
-use crate::route::{self, Inbound, Op};
+use crate::route::{self, Azure, Inbound, Op, Target, UpstreamPath};
 use crate::shared_limit::SharedLimits;
 use crate::telemetry::{BackendLabels, LimitLabels, Record, RetryLabels, Telemetry};
 use crate::upstream::{Client, Lease, SendError};
@@ -77,26 +77,13 @@ pub enum Listener {
     Admin,
 }
 
-/// Where a request goes: the path to send upstream, the operation (for the retry
-/// rules), and the backends that may serve it.
+/// Where a request goes: its route (backends, upstream path, operation) and query.
 struct Destination<'a> {
-    path: UpstreamPath<'a>,
-    /// The OpenAI operation (`chat/completions`), also for Azure-style paths.
-    op: &'a str,
+    route: Route<'a>,
     query: Option<&'a str>,
-    backends: Arc<[Backend]>,
     /// keyless asked this chat stream for a usage frame the client did not ask for: the
     /// frame is taken out of the answer.
     remove_usage_frame: bool,
-}
-
-/// The upstream path of a request.
-#[derive(Clone, Copy)]
-enum UpstreamPath<'a> {
-    /// An OpenAI-style operation, turned into Azure's path for each backend.
-    Op(Op<'a>),
-    /// An Azure-style path, sent as it came.
-    Verbatim(&'a str),
 }
 
 impl App {
@@ -352,43 +339,32 @@ impl App {
                 return Err(not_found(&parts.method, uri.path()));
             }
             Inbound::Refused(why) => return Err(Error::BadPath(why.into())),
-            Inbound::Azure(path) => {
+            Inbound::Azure(azure) => {
                 // Azure-style clients already name the deployment: same path and query, on
                 // the default endpoint. The deployment (from the path, or the body's model
                 // on every other Azure path: `/openai/v1/...`, `/openai/responses`) picks
                 // the limits, cool-down and metric label that apply; nothing is rewritten.
-                let (op, named) = azure_op(path);
                 let mut prepared = prepare::prepare(
                     &self.config,
-                    Op { path: op },
+                    Op { path: azure.op },
                     &parts.method,
                     &parts.headers,
                     body,
                     &self.replay,
                 )
                 .await?;
-                let backends = match &named {
-                    Some(deployment) => {
-                        prepared.keep_model();
-                        self.router.on_default(deployment)
-                    }
-                    None => match &prepared.model {
-                        Some(model) => {
-                            route::check_name("deployment", &model.name)?;
-                            self.router.on_default(&model.name)
-                        }
-                        None => self.router.passthrough(),
-                    },
-                };
-                let backends = self.stored_response(op, &prepared, backends);
+                if azure.deployment.is_some() {
+                    prepared.keep_model();
+                }
+                let model = prepared.model.as_ref().map(|m| m.name.as_str());
                 client_model = want_model
-                    .then(|| named.or_else(|| prepared.model.as_ref().map(|m| m.name.clone())))
+                    .then(|| azure.deployment.as_deref().or(model).map(str::to_owned))
                     .flatten();
+                let mut route = self.router.resolve(&Target::Azure(azure), model)?;
+                route.backends = self.stored_response(route.op, &prepared, route.backends);
                 let destination = Destination {
-                    path: UpstreamPath::Verbatim(path),
-                    op,
+                    route,
                     query,
-                    backends,
                     remove_usage_frame: false,
                 };
                 (destination, prepared)
@@ -404,24 +380,22 @@ impl App {
                 )
                 .await?;
                 let model = prepared.model.as_ref().map(|m| m.name.as_str());
-                let backends = self.backends_for(op, model)?;
-                let backends = self.stored_response(op.path, &prepared, backends);
+                let mut route = self.router.resolve(&Target::OpenAi(op), model)?;
+                route.backends = self.stored_response(op.path, &prepared, route.backends);
                 // `/usage` rows name configured models; others go by their deployment.
                 record.model_label = model
                     .filter(|m| self.config.models.contains_key(*m))
                     .map(Arc::from);
                 client_model = want_model.then(|| model.map(str::to_owned)).flatten();
                 let destination = Destination {
-                    path: UpstreamPath::Op(op),
-                    op: op.path,
+                    route,
                     query,
-                    backends,
                     remove_usage_frame: false,
                 };
                 (destination, prepared)
             }
         };
-        record.operation = Some(crate::otel::operation(destination.op));
+        record.operation = Some(crate::otel::operation(destination.route.op));
         if record.span.is_some() {
             record.request_model.clone_from(&client_model);
         }
@@ -442,7 +416,7 @@ impl App {
                 }
             }
         }
-        if self.config.stream_include_usage && destination.op == "chat/completions" {
+        if self.config.stream_include_usage && destination.route.op == "chat/completions" {
             destination.remove_usage_frame = prepared.ask_for_usage();
         }
         self.proxy(&mut parts, destination, prepared, record).await
@@ -508,50 +482,42 @@ impl App {
         let (mut parts, _body) = req.into_parts();
         let uri = parts.uri.clone();
         let query = uri.query();
-        let (path, backends) = match inbound {
+        // A session names its model in the query (`model=`), and an Azure-style session
+        // its deployment (`model=` on `/openai/v1/realtime`, `deployment=` on
+        // `/openai/realtime`): the query is to a session what the body is to a request.
+        // An Azure-style path's own deployment segment is not read for an upgrade, nor is
+        // the model routed on for an upgrade of another OpenAI operation (the Responses
+        // WebSocket mode names it in its frames); the app's allowlist is still held to it.
+        let named = match &inbound {
+            Inbound::OpenAi(_) => realtime::query_value(query, "model"),
+            Inbound::Azure(azure) => realtime::azure_deployment(azure.path, query),
+            _ => None,
+        };
+        let (target, model) = match inbound {
             Inbound::OpenAi(op) if op.path == "realtime" => {
                 record.route = "realtime";
-                let model = realtime::query_value(query, "model");
-                let backends = match (&model, self.config.api) {
-                    (Some(model), _) => self.backends_for(op, Some(model))?,
-                    (None, ApiStyle::V1) => self.router.passthrough(),
-                    (None, ApiStyle::Deployments) => match &self.config.default_deployment {
-                        Some(d) => self.router.on_default(d),
-                        None => {
-                            return Err(Error::BadRequest(
-                                "you must provide a model parameter".into(),
-                            ));
-                        }
-                    },
-                };
-                (None, backends)
+                (Target::Session, named.as_deref())
             }
-            Inbound::OpenAi(op) => (Some(UpstreamPath::Op(op)), self.backends_for(op, None)?),
-            Inbound::Azure(path) => {
+            Inbound::OpenAi(op) => (Target::OpenAi(op), None),
+            Inbound::Azure(azure) => {
                 if matches!(
-                    path.trim_end_matches('/'),
+                    azure.path.trim_end_matches('/'),
                     "/openai/v1/realtime" | "/openai/realtime"
                 ) {
                     record.route = "realtime";
                 }
-                let backends = match realtime::azure_deployment(path, query) {
-                    Some(d) => {
-                        route::check_name("deployment", &d)?;
-                        self.router.on_default(&d)
-                    }
-                    None => self.router.passthrough(),
+                let azure = Azure {
+                    deployment: None,
+                    ..azure
                 };
-                (Some(UpstreamPath::Verbatim(path)), backends)
+                (Target::Azure(azure), named.as_deref())
             }
             _ => return Err(not_found(&parts.method, uri.path())),
         };
+        let route = self.router.resolve(&target, model)?;
         if let Some(app) = app {
             // The model a session names (or the deployment of an Azure-style path) is
             // what the app's allowlist holds; a session counts as one request.
-            let named = match inbound {
-                Inbound::OpenAi(_) => realtime::query_value(query, "model"),
-                _ => realtime::azure_deployment(uri.path(), query),
-            };
             app.allows(named.as_deref())?;
             if app.has_quotas() {
                 let decided = match &self.shared {
@@ -567,6 +533,7 @@ impl App {
                 }
             }
         }
+        let backends = route.backends;
         let index = match backend::pick(&backends, 0, Instant::now(), true, &mut rand::rng()) {
             Pick::Use(i) => i,
             _ => match backend::pick(&backends, 0, Instant::now(), false, &mut rand::rng()) {
@@ -593,21 +560,15 @@ impl App {
         let endpoint = &deployment.upstream.endpoint;
         let name = deployment.name.as_deref();
         let (base, version) = (&endpoint.base_path, &self.config.api_version);
-        let pq = match path {
-            None => realtime::upstream_path(base, self.config.api, name, version, query)?,
-            Some(path) => {
+        // The session's own path builder drops the key parameters itself; the others get
+        // the query without them.
+        let pq = match route.path {
+            path @ UpstreamPath::Session => {
+                path.build(base, self.config.api, name, version, query)?
+            }
+            path => {
                 let query = realtime::without_keys(query);
-                match path {
-                    UpstreamPath::Op(op) => route::upstream_path(
-                        base,
-                        self.config.api,
-                        op,
-                        name,
-                        version,
-                        query.as_deref(),
-                    )?,
-                    UpstreamPath::Verbatim(path) => route::azure_path(base, path, query.as_deref()),
-                }
+                path.build(base, self.config.api, name, version, query.as_deref())?
             }
         };
         let upstream_uri = endpoint.uri(pq)?;
@@ -627,26 +588,6 @@ impl App {
         .await
     }
 
-    /// The backends for a model (or for a request without one).
-    fn backends_for(&self, op: Op<'_>, model: Option<&str>) -> Result<Arc<[Backend]>, Error> {
-        if let Some(model) = model {
-            route::check_name("model", model)?;
-            if let Some(backends) = self.router.configured(model) {
-                return Ok(backends);
-            }
-            return Ok(self.router.on_default(self.config.deployment_for(model)));
-        }
-        if self.config.api == ApiStyle::Deployments && op.is_deployment_scoped() {
-            return match &self.config.default_deployment {
-                Some(d) => Ok(self.router.on_default(d)),
-                None => Err(Error::BadRequest(
-                    "you must provide a model parameter".into(),
-                )),
-            };
-        }
-        Ok(self.router.passthrough())
-    }
-
     /// The attempt loop's driver: the decisions are [`Attempts`]'s; this does the I/O
     /// (pick, limit, sign, send, wait) and records what happened. Only the response head
     /// is looked at: once a response is returned, its body belongs to the client.
@@ -657,8 +598,9 @@ impl App {
         mut prepared: Prepared,
         record: &mut Record,
     ) -> Result<Response<Body>, Error> {
-        let backends = &destination.backends;
-        let repeatable = retry::repeatable(&parts.method, destination.op, prepared.store);
+        let backends = &destination.route.backends;
+        let op = destination.route.op;
+        let repeatable = retry::repeatable(&parts.method, op, prepared.store);
         let mut attempts = Attempts::new(
             self.config.retry,
             Instant::now(),
@@ -729,7 +671,7 @@ impl App {
                 std::mem::take(&mut parts.headers)
             };
             rewrite::request_headers(request.headers_mut(), authorization.clone());
-            if carries_usage(destination.op) {
+            if carries_usage(op) {
                 // The usage scan reads the answer's bytes: they must come uncompressed
                 // (the client's leg is loopback or a cluster network, where gzip buys
                 // little).
@@ -849,13 +791,13 @@ impl App {
                     record.permit = permit;
                     let tap = (response.status().is_success()
                         && parts.method == Method::POST
-                        && carries_usage(destination.op))
+                        && carries_usage(op))
                     .then(|| {
                         let mut tap = Tap::new(destination.remove_usage_frame);
                         if record.span.is_some() {
                             tap = tap.reading_model();
                         }
-                        if destination.op == "responses" {
+                        if op == "responses" {
                             tap.learning(Learner::new(self.affinity.clone(), backend.clone()))
                         } else {
                             tap
@@ -944,19 +886,13 @@ impl App {
 
     fn uri_for(&self, destination: &Destination<'_>, backend: &Backend) -> Result<Uri, Error> {
         let endpoint = &backend.deployment.upstream.endpoint;
-        let pq = match destination.path {
-            UpstreamPath::Op(op) => route::upstream_path(
-                &endpoint.base_path,
-                self.config.api,
-                op,
-                backend.deployment.name.as_deref(),
-                &self.config.api_version,
-                destination.query,
-            )?,
-            UpstreamPath::Verbatim(path) => {
-                route::azure_path(&endpoint.base_path, path, destination.query)
-            }
-        };
+        let pq = destination.route.path.build(
+            &endpoint.base_path,
+            self.config.api,
+            backend.deployment.name.as_deref(),
+            &self.config.api_version,
+            destination.query,
+        )?;
         endpoint.uri(pq)
     }
 
@@ -1072,26 +1008,6 @@ fn carries_usage(op: &str) -> bool {
         op,
         "chat/completions" | "completions" | "embeddings" | "responses"
     )
-}
-
-/// The operation of an Azure-style path and the deployment it names, if it names one:
-/// `/openai/deployments/{d}/chat/completions` gives (`chat/completions`, `{d}` decoded);
-/// `/openai/v1/responses` and `/openai/responses` give (`responses`, none).
-fn azure_op(path: &str) -> (&str, Option<String>) {
-    let rest = path
-        .strip_prefix("/openai/")
-        .or_else(|| path.strip_prefix("/openai"))
-        .unwrap_or("");
-    if let Some(scoped) = rest.strip_prefix("deployments/") {
-        let (segment, op) = scoped.split_once('/').unwrap_or((scoped, ""));
-        let deployment = percent_encoding::percent_decode_str(segment)
-            .decode_utf8()
-            .ok()
-            .filter(|d| !d.is_empty())
-            .map(|d| d.into_owned());
-        return (op, deployment);
-    }
-    (rest.strip_prefix("v1/").unwrap_or(rest), None)
 }
 
 /// The request's id: the client's `x-request-id` when it sent a usable one (`true`), else

@@ -1,13 +1,15 @@
 //! Backends: the (endpoint, deployment) pairs a model may be served by, each with its own
-//! cool-down and limits, and the choice of one for each attempt.
+//! cool-down and limits, and the choice of one for each attempt; [`Router::resolve`], the
+//! one place that answers which backends serve a request and how its upstream path is built.
 //!
 //! State is per (endpoint, scope, deployment) and shared by every model that names the
 //! same pair, because Azure's quotas and throttling are per deployment.
 
 use crate::auth::TokenCache;
-use crate::config::{BackendSpec, Config, DeploymentLimits, ModelRoute};
+use crate::config::{ApiStyle, BackendSpec, Config, DeploymentLimits, ModelRoute};
 use crate::error::Error;
 use crate::limit::Limiter;
+use crate::route::{self, Target, UpstreamPath};
 use arc_swap::ArcSwap;
 use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -301,6 +303,17 @@ const MAX_LEARNED: usize = 1024;
 /// family that carries it (the upstream-time histogram has 22 lines a series).
 const MAX_LABELLED: usize = 64;
 
+/// Where a request goes: what [`Router::resolve`] answers.
+pub struct Route<'a> {
+    /// The backends that may serve it, in the order [`pick`] reads them.
+    pub backends: Arc<[Backend]>,
+    /// How its upstream path is built for each backend.
+    pub path: UpstreamPath<'a>,
+    /// The OpenAI operation (`chat/completions`), also for Azure-style paths: the retry
+    /// and usage rules go by it.
+    pub op: &'a str,
+}
+
 /// Model -> backends, built once at start-up.
 pub struct Router {
     default: Arc<Resource>,
@@ -312,19 +325,42 @@ pub struct Router {
     /// come (copy-on-write: reads are a lock-free load).
     learned: ArcSwap<HashMap<String, Arc<[Backend]>>>,
     limits: HashMap<String, DeploymentLimits>,
+    /// The upstream path style: whether a request without a model needs a deployment.
+    api: ApiStyle,
+    /// The deployment of unmapped models; `None`: the deployment named like the model.
+    default_deployment: Option<String>,
     epoch: Instant,
 }
 
 impl Router {
-    /// Builds the routes of `config`. `resource_for(endpoint, scope)` returns the shared
-    /// resource for an endpoint (`None`: the default one) and scope.
+    /// Builds the routes of `config`, whose default endpoint is `default`.
+    /// `resource_for(endpoint, scope)` makes the resource of each pair of
+    /// [`Config::resources`], once each, the default one first.
     pub fn new(
         config: &Config,
-        default: Arc<Resource>,
-        mut resource_for: impl FnMut(Option<&Url>, Option<&str>) -> Result<Arc<Resource>, String>,
+        default: &Url,
+        mut resource_for: impl FnMut(&Url, &str) -> Result<Arc<Resource>, String>,
     ) -> Result<Router, String> {
         let epoch = Instant::now();
         let limits = config.limits.deployments.clone();
+        let mut resources = Vec::new();
+        for (url, scope) in config.resources(default) {
+            let resource = resource_for(&url, &scope)?;
+            resources.push((url, scope, resource));
+        }
+        let resource_of = |spec: &BackendSpec| {
+            let url = spec.endpoint.as_ref().unwrap_or(default);
+            let scope = spec.scope.as_deref().unwrap_or(&config.scope);
+            resources
+                .iter()
+                .find(|(u, s, _)| u == url && s == scope)
+                .map(|(_, _, resource)| resource.clone())
+                .ok_or_else(|| format!("no resource for {url} with scope {scope}"))
+        };
+        let default = match resources.first() {
+            Some((_, _, resource)) => resource.clone(),
+            None => return Err("no default resource".to_owned()),
+        };
         let mut states: HashMap<(usize, String), Arc<Deployment>> = HashMap::new();
         let mut configured = HashMap::new();
         for (model, route) in &config.models {
@@ -339,15 +375,9 @@ impl Router {
                 }],
                 ModelRoute::Backends(specs) => specs.clone(),
             };
-            if specs.len() > MAX_BACKENDS {
-                return Err(format!("models.{model}: at most {MAX_BACKENDS} backends"));
-            }
             let mut backends = Vec::with_capacity(specs.len());
             for spec in specs {
-                let upstream = match (&spec.endpoint, &spec.scope) {
-                    (None, None) => default.clone(),
-                    (endpoint, scope) => resource_for(endpoint.as_ref(), scope.as_deref())?,
-                };
+                let upstream = resource_of(&spec)?;
                 let key = (Arc::as_ptr(&upstream) as usize, spec.deployment.clone());
                 let state = states
                     .entry(key)
@@ -410,6 +440,8 @@ impl Router {
             named,
             learned: ArcSwap::from_pointee(HashMap::new()),
             limits,
+            api: config.api,
+            default_deployment: config.default_deployment.clone(),
             epoch,
         })
     }
@@ -419,19 +451,78 @@ impl Router {
         &self.default
     }
 
-    /// The backends for Azure-style requests: the default endpoint, path as sent.
-    pub fn passthrough(&self) -> Arc<[Backend]> {
-        self.passthrough.clone()
+    /// Where a request for `target` goes. `model` is the model the request names outside
+    /// its path: the body's for HTTP, the query's for a realtime session (`model=`, or
+    /// `deployment=` on Azure's preview path).
+    ///
+    /// - An OpenAI-style operation or session with a model: the model's configured
+    ///   backends, else on the default endpoint the deployment for unmapped models (the
+    ///   `deployment` key), else the deployment named like the model.
+    /// - Without a model: in the deployments style, an operation Azure scopes to a
+    ///   deployment (and a session) goes to the default deployment, and is refused when
+    ///   there is none; everything else passes through to the default endpoint.
+    /// - An Azure-style path: the deployment its path names, else the model (which must
+    ///   then be a deployment's name, as it reaches Azure unchanged), else pass-through.
+    ///
+    /// A model that is no name Azure could have is refused ([`route::check_name`]).
+    pub fn resolve<'a>(
+        &self,
+        target: &Target<'a>,
+        model: Option<&str>,
+    ) -> Result<Route<'a>, Error> {
+        Ok(match target {
+            Target::OpenAi(op) => Route {
+                backends: self.for_model(model, op.is_deployment_scoped())?,
+                path: UpstreamPath::Op(*op),
+                op: op.path,
+            },
+            Target::Session => Route {
+                backends: self.for_model(model, true)?,
+                path: UpstreamPath::Session,
+                op: "realtime",
+            },
+            Target::Azure(azure) => {
+                let backends = match (&azure.deployment, model) {
+                    (Some(deployment), _) => self.on_default(deployment),
+                    (None, Some(model)) => {
+                        route::check_name("deployment", model)?;
+                        self.on_default(model)
+                    }
+                    (None, None) => self.passthrough.clone(),
+                };
+                Route {
+                    backends,
+                    path: UpstreamPath::Verbatim(azure.path),
+                    op: azure.op,
+                }
+            }
+        })
     }
 
-    /// The backends of a configured model.
-    pub fn configured(&self, model: &str) -> Option<Arc<[Backend]>> {
-        self.configured.get(model).cloned()
+    /// The backends for an OpenAI-style request naming `model` (or none); `scoped`: the
+    /// deployments style would put it under a deployment.
+    fn for_model(&self, model: Option<&str>, scoped: bool) -> Result<Arc<[Backend]>, Error> {
+        if let Some(model) = model {
+            route::check_name("model", model)?;
+            if let Some(backends) = self.configured.get(model) {
+                return Ok(backends.clone());
+            }
+            return Ok(self.on_default(self.default_deployment.as_deref().unwrap_or(model)));
+        }
+        if self.api == ApiStyle::Deployments && scoped {
+            return match &self.default_deployment {
+                Some(d) => Ok(self.on_default(d)),
+                None => Err(Error::BadRequest(
+                    "you must provide a model parameter".into(),
+                )),
+            };
+        }
+        Ok(self.passthrough.clone())
     }
 
     /// The backend list for `deployment` on the default endpoint (an unmapped model, or
     /// a request without a model), learned on first use.
-    pub fn on_default(&self, deployment: &str) -> Arc<[Backend]> {
+    fn on_default(&self, deployment: &str) -> Arc<[Backend]> {
         if let Some(found) = self.named.get(deployment) {
             return found.clone();
         }
@@ -479,10 +570,12 @@ impl Router {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::auth::{Acquire, AuthError, Token};
+    use crate::route::{Azure, Op};
     use futures_util::future::BoxFuture;
+    use std::borrow::Cow;
 
     struct NoIdentity;
     impl Acquire for NoIdentity {
@@ -495,8 +588,12 @@ mod tests {
     }
 
     fn resource() -> Arc<Resource> {
+        resource_at(&default_url())
+    }
+
+    fn resource_at(url: &Url) -> Arc<Resource> {
         Arc::new(Resource {
-            endpoint: Endpoint::new(&Url::parse("https://a.openai.azure.com").unwrap()).unwrap(),
+            endpoint: Endpoint::new(url).unwrap(),
             tokens: TokenCache::start(
                 Arc::new(NoIdentity),
                 "s".into(),
@@ -505,6 +602,157 @@ mod tests {
                 &tokio_util::task::TaskTracker::new(),
             ),
         })
+    }
+
+    fn default_url() -> Url {
+        Url::parse("https://a.openai.azure.com").unwrap()
+    }
+
+    /// A router of `config`; no token is ever asked for. Inside a runtime.
+    fn router(config: &Config) -> Router {
+        Router::new(config, &default_url(), |url, _| Ok(resource_at(url))).unwrap()
+    }
+
+    /// The deployment `model` goes to first (an OpenAI-style chat request), as a router of
+    /// `config` resolves it.
+    pub(crate) fn deployment_of(config: &Config, model: &str) -> String {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let chat = Target::OpenAi(Op {
+            path: "chat/completions",
+        });
+        let route = router(config).resolve(&chat, Some(model)).unwrap();
+        route.backends[0]
+            .deployment
+            .name
+            .as_deref()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn config(models: &[(&str, &str)], api: ApiStyle, default: Option<&str>) -> Config {
+        let mut config = Config::load(&crate::config::Flags {
+            simulate: true,
+            models: models
+                .iter()
+                .map(|(m, d)| (m.to_string(), d.to_string()))
+                .collect(),
+            ..crate::config::Flags::default()
+        })
+        .unwrap();
+        config.api = api;
+        config.default_deployment = default.map(str::to_owned);
+        config
+    }
+
+    /// The deployment names of a route's backends (`None`: pass-through).
+    fn names(route: &Route<'_>) -> Vec<Option<String>> {
+        route
+            .backends
+            .iter()
+            .map(|b| b.deployment.name.as_deref().map(str::to_owned))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn openai_requests_go_by_model_then_by_style() {
+        let chat = Target::OpenAi(Op {
+            path: "chat/completions",
+        });
+        let files = Target::OpenAi(Op { path: "files" });
+        let r = router(&config(&[("gpt", "prod")], ApiStyle::Deployments, None));
+        let route = r.resolve(&chat, Some("gpt")).unwrap();
+        assert_eq!(names(&route), [Some("prod".to_owned())]);
+        assert_eq!(
+            route.path,
+            UpstreamPath::Op(Op {
+                path: "chat/completions"
+            })
+        );
+        assert_eq!(route.op, "chat/completions");
+        assert_eq!(
+            names(&r.resolve(&chat, Some("other")).unwrap()),
+            [Some("other".to_owned())]
+        );
+        let refused = r.resolve(&chat, None).err().unwrap();
+        assert!(
+            refused.to_string().contains("you must provide a model"),
+            "{refused}"
+        );
+        assert_eq!(names(&r.resolve(&files, None).unwrap()), [None]);
+        assert!(matches!(
+            r.resolve(&chat, Some("a/b")),
+            Err(Error::InvalidName(_))
+        ));
+        let r = router(&config(&[], ApiStyle::Deployments, Some("fallback")));
+        assert_eq!(
+            names(&r.resolve(&chat, None).unwrap()),
+            [Some("fallback".to_owned())]
+        );
+        assert_eq!(
+            names(&r.resolve(&chat, Some("gpt")).unwrap()),
+            [Some("fallback".to_owned())]
+        );
+        let r = router(&config(&[], ApiStyle::V1, None));
+        assert_eq!(names(&r.resolve(&chat, None).unwrap()), [None]);
+    }
+
+    #[tokio::test]
+    async fn a_session_without_a_model_needs_a_deployment_in_the_deployments_style() {
+        let r = router(&config(&[], ApiStyle::V1, None));
+        let route = r.resolve(&Target::Session, None).unwrap();
+        assert_eq!(names(&route), [None]);
+        assert_eq!(route.path, UpstreamPath::Session);
+        assert_eq!(route.op, "realtime");
+        let r = router(&config(&[], ApiStyle::Deployments, None));
+        assert!(r.resolve(&Target::Session, None).is_err());
+        assert_eq!(
+            names(&r.resolve(&Target::Session, Some("rt")).unwrap()),
+            [Some("rt".to_owned())]
+        );
+    }
+
+    #[tokio::test]
+    async fn azure_paths_go_by_their_deployment_then_the_model() {
+        let r = router(&config(&[("gpt", "prod")], ApiStyle::V1, Some("fallback")));
+        let named = Target::Azure(Azure {
+            path: "/openai/deployments/prod/embeddings",
+            op: "embeddings",
+            deployment: Some(Cow::Borrowed("prod")),
+        });
+        let route = r.resolve(&named, Some("ignored")).unwrap();
+        assert_eq!(names(&route), [Some("prod".to_owned())]);
+        assert_eq!(
+            route.path,
+            UpstreamPath::Verbatim("/openai/deployments/prod/embeddings")
+        );
+        assert_eq!(route.op, "embeddings");
+        // The same deployment state as the model that maps to it: one quota.
+        let mapped = r
+            .resolve(&Target::OpenAi(Op { path: "embeddings" }), Some("gpt"))
+            .unwrap();
+        assert!(Arc::ptr_eq(
+            &route.backends[0].deployment,
+            &mapped.backends[0].deployment
+        ));
+        let v1 = Target::Azure(Azure {
+            path: "/openai/v1/responses",
+            op: "responses",
+            deployment: None,
+        });
+        // The body's model reaches Azure unchanged: it is the deployment, not mapped.
+        assert_eq!(
+            names(&r.resolve(&v1, Some("gpt")).unwrap()),
+            [Some("gpt".to_owned())]
+        );
+        assert!(matches!(
+            r.resolve(&v1, Some("ft:x")),
+            Err(Error::InvalidName(_))
+        ));
+        assert_eq!(names(&r.resolve(&v1, None).unwrap()), [None]);
     }
 
     fn backend(up: &Arc<Resource>, name: &str, priority: u32, weight: u32) -> Backend {
@@ -646,7 +894,7 @@ mod tests {
                 ..crate::config::Flags::default()
             };
             let config = Config::load(&flags).unwrap();
-            let router = Router::new(&config, resource(), |_, _| Ok(resource())).unwrap();
+            let router = Router::new(&config, &default_url(), |_, _| Ok(resource())).unwrap();
             let mut labels = std::collections::HashSet::new();
             for name in names.iter().map(String::as_str).chain(["prod"]) {
                 for b in router.on_default(name).iter() {

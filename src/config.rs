@@ -780,16 +780,29 @@ impl Config {
         }
     }
 
-    /// The deployment a model maps to on the default endpoint (the first backend's for
-    /// a model with a backend list).
-    pub fn deployment_for<'a>(&'a self, model: &'a str) -> &'a str {
-        match self.models.get(model) {
-            Some(ModelRoute::Deployment(deployment)) => deployment,
-            Some(ModelRoute::Backends(backends)) => {
-                backends.first().map_or(model, |b| b.deployment.as_str())
+    /// Every (endpoint, scope) pair keyless sends to, each once: the default endpoint
+    /// (`default`, which the simulator knows only once it runs) with the default scope
+    /// first, then the backends' pairs by model name (a stable order for `keyless check`).
+    /// The router makes one resource of each; `keyless check` acquires a token for each
+    /// scope and calls each endpoint.
+    pub fn resources(&self, default: &Url) -> Vec<(Url, String)> {
+        let mut out = vec![(default.clone(), self.scope.clone())];
+        let mut routes: Vec<(&String, &ModelRoute)> = self.models.iter().collect();
+        routes.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, route) in routes {
+            if let ModelRoute::Backends(backends) = route {
+                for backend in backends {
+                    let pair = (
+                        backend.endpoint.clone().unwrap_or_else(|| default.clone()),
+                        backend.scope.clone().unwrap_or_else(|| self.scope.clone()),
+                    );
+                    if !out.contains(&pair) {
+                        out.push(pair);
+                    }
+                }
             }
-            None => self.default_deployment.as_deref().unwrap_or(model),
         }
+        out
     }
 }
 
@@ -1191,6 +1204,10 @@ fn validate_route(model: &str, route: RawModel) -> Result<ModelRoute, Vec<String
     if backends.is_empty() {
         return Err(vec![format!("models.{model}: the backend list is empty")]);
     }
+    let max = crate::backend::MAX_BACKENDS;
+    if backends.len() > max {
+        return Err(vec![format!("models.{model}: at most {max} backends")]);
+    }
     let mut problems = Vec::new();
     let mut specs = Vec::new();
     for (i, raw) in backends.into_iter().enumerate() {
@@ -1299,6 +1316,7 @@ pub fn normalise_endpoint(text: &str) -> Result<Url, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::tests::deployment_of;
 
     fn flags() -> Flags {
         Flags {
@@ -1344,16 +1362,16 @@ mod tests {
         let c = Config::merge(&f, raw).unwrap();
         assert_eq!(c.listen.port(), 9000, "file value used when no flag");
         assert_eq!(c.api, ApiStyle::V1, "flag wins over file");
-        assert_eq!(c.deployment_for("a"), "flag-a");
-        assert_eq!(c.deployment_for("b"), "file-b");
+        assert_eq!(deployment_of(&c, "a"), "flag-a");
+        assert_eq!(deployment_of(&c, "b"), "file-b");
     }
 
     #[test]
     fn unmapped_model_goes_to_default_deployment_else_same_name() {
         let mut c = Config::merge(&flags(), RawConfig::default()).unwrap();
-        assert_eq!(c.deployment_for("gpt-4o"), "gpt-4o");
+        assert_eq!(deployment_of(&c, "gpt-4o"), "gpt-4o");
         c.default_deployment = Some("fallback".into());
-        assert_eq!(c.deployment_for("gpt-4o"), "fallback");
+        assert_eq!(deployment_of(&c, "gpt-4o"), "fallback");
     }
 
     #[test]
@@ -1502,7 +1520,7 @@ max_concurrent = 2
         assert_eq!(c.retry.max_wait, Duration::from_secs(10));
         assert_eq!(c.limits.mode, LimitMode::Queue);
         assert_eq!(c.limits.deployments["dep"].rpm.unwrap().get(), 60);
-        assert_eq!(c.deployment_for("gpt-4o"), "gpt4o-ptu");
+        assert_eq!(deployment_of(&c, "gpt-4o"), "gpt4o-ptu");
     }
 
     #[test]
@@ -1521,6 +1539,47 @@ b = []
         assert!(text.contains("must be https"), "{text}");
         assert!(text.contains("weight"), "{text}");
         assert!(text.contains("empty"), "{text}");
+    }
+
+    #[test]
+    fn a_model_lists_at_most_64_backends() {
+        let list = vec![r#"{ deployment = "d" }"#; 65].join(", ");
+        let raw = parse_file(&format!("[models]\nm = [ {list} ]\n")).unwrap();
+        let err = Config::merge(&flags(), raw).unwrap_err();
+        assert_eq!(err.0, ["models.m: at most 64 backends"]);
+    }
+
+    #[test]
+    fn resources_are_each_endpoint_and_scope_once_the_default_first() {
+        let raw = parse_file(
+            r#"
+[models]
+b = [ { endpoint = "https://two.openai.azure.com", deployment = "x" }, { deployment = "y" } ]
+a = [ { endpoint = "https://one.openai.azure.com", deployment = "x", scope = "api://s/.default" },
+      { endpoint = "https://two.openai.azure.com", deployment = "z" } ]
+c = "plain"
+"#,
+        )
+        .unwrap();
+        let c = Config::merge(&flags(), raw).unwrap();
+        let default = Url::parse("https://zero.openai.azure.com").unwrap();
+        let pairs: Vec<(String, String)> = c
+            .resources(&default)
+            .into_iter()
+            .map(|(url, scope)| (url.host_str().unwrap().to_owned(), scope))
+            .collect();
+        let scope = c.scope.clone();
+        assert_eq!(
+            pairs,
+            [
+                ("zero.openai.azure.com".to_owned(), scope.clone()),
+                (
+                    "one.openai.azure.com".to_owned(),
+                    "api://s/.default".to_owned()
+                ),
+                ("two.openai.azure.com".to_owned(), scope),
+            ]
+        );
     }
 
     #[test]

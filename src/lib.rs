@@ -136,31 +136,19 @@ pub async fn run_with_identity(
             })
             .clone()
     };
-    let default = Arc::new(backend::Resource {
-        endpoint: backend::Endpoint::new(&endpoint).map_err(StartError::Invalid)?,
-        tokens: cache_for(&config.scope),
-    });
-    let mut upstreams: HashMap<(String, String), Arc<backend::Resource>> = HashMap::new();
-    let router = backend::Router::new(&config, default.clone(), |url, scope| {
-        let url = url.unwrap_or(&endpoint);
-        let scope = scope.unwrap_or(&config.scope);
-        let key = (url.to_string(), scope.to_owned());
-        if let Some(up) = upstreams.get(&key) {
-            return Ok(up.clone());
-        }
-        let up = Arc::new(backend::Resource {
+    // One resource for each (endpoint, scope) pair of the config, the default first.
+    let router = backend::Router::new(&config, &endpoint, |url, scope| {
+        Ok(Arc::new(backend::Resource {
             endpoint: backend::Endpoint::new(url)?,
             tokens: cache_for(scope),
-        });
-        upstreams.insert(key, up.clone());
-        Ok(up)
+        }))
     })
     .map_err(StartError::Invalid)?;
     let tls = upstream::tls_config(config.ca_file.as_deref()).map_err(StartError::Invalid)?;
     let connect_timeout = config.timeouts.connect;
     let client = upstream::client_with(connect_timeout, tls.clone());
     // The default scope's cache first: readiness reports it at the top level.
-    let default_tokens = default.tokens.clone();
+    let default_tokens = router.default_resource().tokens.clone();
     let mut tokens: Vec<TokenCache> = vec![default_tokens.clone()];
     tokens.extend(
         caches

@@ -1,6 +1,7 @@
 //! Inbound path -> what to do with it, and OpenAI operation -> Azure upstream path.
 //! Pure functions: no I/O, no allocation beyond the upstream path string (and a decoded
-//! copy of a path that has percent escapes, to check it is UTF-8).
+//! copy of a path that has percent escapes, to check it is UTF-8, or of an Azure-style
+//! path's deployment that has them).
 //!
 //! What is refused, and why: Azure sits behind front doors and gateways whose path rules
 //! keyless does not know, so anything that some server could read as another path is
@@ -14,6 +15,7 @@
 use crate::config::ApiStyle;
 use crate::error::Error;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use std::borrow::Cow;
 use std::fmt::Write;
 
 /// What an inbound request is for.
@@ -31,7 +33,7 @@ pub enum Inbound<'a> {
     /// as received (still percent-encoded), without leading `/v1/`.
     OpenAi(Op<'a>),
     /// An Azure-style path (`/openai/...`), forwarded as it is.
-    Azure(&'a str),
+    Azure(Azure<'a>),
     /// A path keyless will not forward, whatever the route: the reason, for a 400.
     Refused(&'static str),
     /// Nothing keyless serves.
@@ -43,6 +45,67 @@ pub enum Inbound<'a> {
 pub struct Op<'a> {
     /// The path below `/v1/`, percent-encoded as received.
     pub path: &'a str,
+}
+
+/// An Azure-style request path, forwarded as it is, and what it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Azure<'a> {
+    /// The path as received (`/openai/deployments/d/chat/completions`, `/openai/v1/...`).
+    pub path: &'a str,
+    /// The OpenAI operation it is (`chat/completions`), for the retry and usage rules.
+    pub op: &'a str,
+    /// The deployment the path names (`/openai/deployments/{d}/...`), percent-decoded and
+    /// already checked against Azure's name rule; borrowed unless it had escapes.
+    pub deployment: Option<Cow<'a, str>>,
+}
+
+/// What a request asks Azure for: the part of an [`Inbound`] that is forwarded, as
+/// `backend::Router::resolve` takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// An OpenAI-style operation; the model comes from the body.
+    OpenAi(Op<'a>),
+    /// An Azure-style path; its deployment is the one the path names, else the model the
+    /// body (or a session's query) names.
+    Azure(Azure<'a>),
+    /// An OpenAI-style realtime session (a WebSocket upgrade of `/v1/realtime`): the model
+    /// comes from its query, and its upstream path is built by `realtime.rs`.
+    Session,
+}
+
+/// The upstream path of a request, one way a route has of building it per backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamPath<'a> {
+    /// An OpenAI-style operation, turned into Azure's path for each backend
+    /// ([`upstream_path`]).
+    Op(Op<'a>),
+    /// An Azure-style path, sent as it came ([`azure_path`]).
+    Verbatim(&'a str),
+    /// An OpenAI-style realtime session (`crate::realtime::upstream_path`).
+    Session,
+}
+
+impl UpstreamPath<'_> {
+    /// The path and query on an endpoint whose own path is `base_path`, for a backend
+    /// serving `deployment` (`None`: a pass-through backend).
+    pub fn build(
+        self,
+        base_path: &str,
+        style: ApiStyle,
+        deployment: Option<&str>,
+        api_version: &str,
+        query: Option<&str>,
+    ) -> Result<String, Error> {
+        match self {
+            UpstreamPath::Op(op) => {
+                upstream_path(base_path, style, op, deployment, api_version, query)
+            }
+            UpstreamPath::Verbatim(path) => Ok(azure_path(base_path, path, query)),
+            UpstreamPath::Session => {
+                crate::realtime::upstream_path(base_path, style, deployment, api_version, query)
+            }
+        }
+    }
 }
 
 /// Operations that Azure's deployments style scopes to a deployment
@@ -118,20 +181,7 @@ pub fn classify(path: &str) -> Inbound<'_> {
         return Inbound::Refused(why);
     }
     if path == "/openai" || path.starts_with("/openai/") {
-        // The deployment an Azure-style path names picks the limits that apply and is
-        // forwarded as it is: it must be a name Azure could have, not a path trick.
-        if let Some(rest) = path
-            .strip_prefix("/openai/deployments/")
-            .filter(|r| !r.is_empty())
-        {
-            let segment = rest.split('/').next().unwrap_or("");
-            if !name_ok(percent_decode_str(segment), DEPLOYMENT_NAME_MAX, false) {
-                return Inbound::Refused(
-                    "the deployment in /openai/deployments/{name}/ must be 1 to 64 letters, digits, '-', '_' or '.', and not '.' or '..'",
-                );
-            }
-        }
-        return Inbound::Azure(path);
+        return azure(path);
     }
     if path.contains("//") {
         return Inbound::Unknown;
@@ -152,6 +202,39 @@ pub fn classify(path: &str) -> Inbound<'_> {
         return Inbound::Unknown;
     }
     Inbound::OpenAi(Op { path: op })
+}
+
+/// An Azure-style path (`/openai` or below): its operation and the deployment it names.
+///
+/// `/openai/deployments/{d}/chat/completions` is (`chat/completions`, `{d}` decoded);
+/// `/openai/v1/responses` and `/openai/responses` are (`responses`, none).
+fn azure(path: &str) -> Inbound<'_> {
+    let rest = path
+        .strip_prefix("/openai/")
+        .or_else(|| path.strip_prefix("/openai"))
+        .unwrap_or("");
+    let (op, deployment) = match rest.strip_prefix("deployments/") {
+        None => (rest.strip_prefix("v1/").unwrap_or(rest), None),
+        Some("") => ("", None),
+        Some(scoped) => {
+            // The deployment an Azure-style path names picks the limits that apply and is
+            // forwarded as it is: it must be a name Azure could have, not a path trick.
+            let (segment, op) = scoped.split_once('/').unwrap_or((scoped, ""));
+            match percent_decode_str(segment).decode_utf8() {
+                Ok(d) if name_ok(d.bytes(), DEPLOYMENT_NAME_MAX, false) => (op, Some(d)),
+                _ => {
+                    return Inbound::Refused(
+                        "the deployment in /openai/deployments/{name}/ must be 1 to 64 letters, digits, '-', '_' or '.', and not '.' or '..'",
+                    );
+                }
+            }
+        }
+    };
+    Inbound::Azure(Azure {
+        path,
+        op,
+        deployment,
+    })
 }
 
 /// Why `path` must not be forwarded, if it must not.
@@ -510,11 +593,19 @@ mod tests {
     fn classifies_azure_health_and_unknown() {
         assert_eq!(
             classify("/openai/deployments/d/chat/completions"),
-            Inbound::Azure("/openai/deployments/d/chat/completions")
+            Inbound::Azure(Azure {
+                path: "/openai/deployments/d/chat/completions",
+                op: "chat/completions",
+                deployment: Some("d".into()),
+            })
         );
         assert_eq!(
             classify("/openai/v1/responses"),
-            Inbound::Azure("/openai/v1/responses")
+            Inbound::Azure(Azure {
+                path: "/openai/v1/responses",
+                op: "responses",
+                deployment: None,
+            })
         );
         assert_eq!(classify("/healthz"), Inbound::Health);
         assert_eq!(classify("/readyz"), Inbound::Ready);
@@ -522,6 +613,26 @@ mod tests {
         assert_eq!(classify("/v1/"), Inbound::Unknown);
         assert_eq!(classify("/admin"), Inbound::Unknown);
         assert_eq!(classify("/openaix"), Inbound::Unknown);
+    }
+
+    #[test]
+    fn azure_paths_name_their_operation_and_deployment() {
+        let named = |path| match classify(path) {
+            Inbound::Azure(a) => (a.op, a.deployment),
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(
+            named("/openai/deployments/gpt%2D4o/embeddings"),
+            ("embeddings", Some(Cow::Owned("gpt-4o".to_owned())))
+        );
+        assert_eq!(
+            named("/openai/deployments/gpt-4o"),
+            ("", Some(Cow::Borrowed("gpt-4o")))
+        );
+        assert_eq!(named("/openai/responses"), ("responses", None));
+        assert_eq!(named("/openai/deployments/"), ("", None));
+        assert_eq!(named("/openai/deployments"), ("deployments", None));
+        assert_eq!(named("/openai"), ("", None));
     }
 
     #[test]
@@ -624,7 +735,10 @@ mod tests {
             "/openai/deployments/gpt-4o/chat/completions",
             "/openai/deployments/gpt%2D4o/chat/completions",
         ] {
-            assert_eq!(classify(path), Inbound::Azure(path), "{path}");
+            assert!(
+                matches!(classify(path), Inbound::Azure(a) if a.path == path),
+                "{path}"
+            );
         }
     }
 
@@ -970,7 +1084,7 @@ mod tests {
                         }
                         parses_back(&built)?;
                     }
-                    Inbound::Azure(path) => {
+                    Inbound::Azure(Azure { path, .. }) => {
                         let built = azure_path(base, path, pq.query());
                         prop_assert!(
                             built == under || built.starts_with(&format!("{under}/")),

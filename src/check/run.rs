@@ -5,7 +5,7 @@ use super::report::{EndpointCheck, Identity, Report, TargetSummary, TokenCheck, 
 use crate::auth::credential;
 use crate::auth::{Acquire, AuthError, Token};
 use crate::body::Body;
-use crate::config::{ApiStyle, Config, Flags, ModelRoute, Target};
+use crate::config::{ApiStyle, Config, Flags, Target};
 use crate::rewrite::bearer;
 use bytes::Bytes;
 use http::{Request, header};
@@ -107,8 +107,9 @@ pub async fn check_with(config: &Config, endpoint: Url, identity: Arc<dyn Acquir
         ..Report::default()
     };
 
-    // One token per scope, as keyless keeps one cache per scope.
-    let targets = targets(config, &endpoint);
+    // The pairs the router makes its resources of; one token per scope, as keyless keeps
+    // one cache per scope.
+    let targets = config.resources(&endpoint);
     let mut tokens: Vec<(String, Option<Token>)> = Vec::new();
     for (_, scope) in &targets {
         if tokens.iter().any(|(s, _)| s == scope) {
@@ -171,30 +172,6 @@ pub async fn check_with(config: &Config, endpoint: Url, identity: Arc<dyn Acquir
             .push(call_endpoint(&client, config, url, scope, token).await);
     }
     report.finish()
-}
-
-/// Every (endpoint, scope) pair keyless would send to, the default first.
-fn targets(config: &Config, default: &Url) -> Vec<(Url, String)> {
-    let mut out = vec![(default.clone(), config.scope.clone())];
-    let mut routes: Vec<(&String, &ModelRoute)> = config.models.iter().collect();
-    routes.sort_by(|a, b| a.0.cmp(b.0)); // a stable order for the report
-    for (_, route) in routes {
-        if let ModelRoute::Backends(backends) = route {
-            for backend in backends {
-                let pair = (
-                    backend.endpoint.clone().unwrap_or_else(|| default.clone()),
-                    backend
-                        .scope
-                        .clone()
-                        .unwrap_or_else(|| config.scope.clone()),
-                );
-                if !out.contains(&pair) {
-                    out.push(pair);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The models list URL for `endpoint` in the configured path style.
