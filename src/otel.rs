@@ -17,12 +17,14 @@ use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod export;
 
 /// Attribute names and values, in one place.
 pub mod names {
@@ -128,12 +130,17 @@ impl Traces {
     /// Starts exporting to `settings.endpoint`. Must run inside the tokio runtime that
     /// lives as long as keyless (gRPC's channel runs on it).
     pub fn start(settings: &Settings) -> Result<Arc<Traces>, String> {
-        let exporter = if settings.grpc {
-            opentelemetry_otlp::SpanExporter::builder()
+        let cannot = |e: &dyn std::fmt::Display| {
+            format!("cannot export traces to {}: {e}", settings.endpoint)
+        };
+        let provider = if settings.grpc {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(settings.endpoint.clone())
                 .with_timeout(Duration::from_secs(10))
                 .build()
+                .map_err(|e| cannot(&e))?;
+            provider(exporter)
         } else {
             // Given in code, the endpoint is used as it is: the signal's path is added
             // here, as the variable's rules add it.
@@ -143,26 +150,8 @@ impl Traces {
             } else {
                 format!("{base}/v1/traces")
             };
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(url)
-                .with_timeout(Duration::from_secs(10))
-                .build()
-        }
-        .map_err(|e| format!("cannot export traces to {}: {e}", settings.endpoint))?;
-        let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "keyless".to_owned());
-        // The sampler comes from OTEL_TRACES_SAMPLER / _ARG (the SDK reads them), parent-
-        // based always-on by default.
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(
-                Resource::builder()
-                    .with_service_name(service)
-                    .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-                    .build(),
-            )
-            .build();
+            provider(export::HttpExporter::new(url).map_err(|e| cannot(&e))?)
+        };
         let tracer = provider.tracer("keyless");
         Ok(Arc::new(Traces {
             provider,
@@ -203,6 +192,22 @@ impl Traces {
             tracing::debug!(error = %e, "trace exporter shutdown");
         }
     }
+}
+
+/// The tracer provider over `exporter`: batches on the SDK's own thread, the service's
+/// name from `OTEL_SERVICE_NAME`, the sampler from `OTEL_TRACES_SAMPLER` / `_ARG` (the SDK
+/// reads them; parent-based always-on by default).
+fn provider(exporter: impl opentelemetry_sdk::trace::SpanExporter + 'static) -> SdkTracerProvider {
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "keyless".to_owned());
+    SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service)
+                .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+                .build(),
+        )
+        .build()
 }
 
 /// A request's span, ended with the request (a stream's with its last byte).

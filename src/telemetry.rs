@@ -13,7 +13,6 @@ use http::Method;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -21,6 +20,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
+
+mod family;
+pub use family::Family;
 
 /// Labels of `keyless_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -177,7 +179,7 @@ impl GenAi {
 /// Token usage totals, by app, deployment and model, since start: `GET /usage`.
 pub struct UsageBook {
     since: SystemTime,
-    rows: Mutex<HashMap<RowKey, Totals>>,
+    rows: Mutex<HashMap<RowKey, Totals, foldhash::fast::RandomState>>,
 }
 
 /// One row's totals.
@@ -193,7 +195,7 @@ impl UsageBook {
     fn new() -> UsageBook {
         UsageBook {
             since: SystemTime::now(),
-            rows: Mutex::new(HashMap::new()),
+            rows: Mutex::new(HashMap::default()),
         }
     }
 
