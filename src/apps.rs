@@ -414,7 +414,7 @@ pub fn go_duration(d: Duration) -> String {
 /// [`go_duration`] into `out`, without a string of its own.
 fn write_go_duration(out: &mut impl std::fmt::Write, d: Duration) {
     let ms = d.as_millis();
-    // Writing to a String or a BytesMut cannot fail.
+    // Writing to a String or a stack buffer of room enough cannot fail.
     if ms < 1000 {
         let _ = write!(out, "{ms}ms");
         return;

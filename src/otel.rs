@@ -12,9 +12,10 @@
 //! "development", and a rename is then one line.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _,
+    TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
@@ -68,6 +69,56 @@ pub mod names {
     pub const STATUS: &str = "http.response.status_code";
     /// Azure's host.
     pub const SERVER_ADDRESS: &str = "server.address";
+}
+
+/// At most 256 bytes of `text`, cut at a character boundary: a span's values stay small
+/// whatever a client or Azure sent.
+fn clip(text: &str) -> &str {
+    &text[..boundary(text, 256)]
+}
+
+/// The largest character boundary of `text` at or below `max` (`str::floor_char_boundary`,
+/// stable only since Rust 1.91).
+fn boundary(text: &str, max: usize) -> usize {
+    if text.len() <= max {
+        return text.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+/// A keyless name (deployment, backend, app) as an attribute value, shared, not copied.
+fn shared(name: &Arc<str>) -> opentelemetry::Value {
+    opentelemetry::Value::String(name.clone().into())
+}
+
+/// The most attributes a server span gets: 3 at the start, up to 14 at the end.
+const SERVER_ATTRIBUTES: usize = 17;
+/// An attempt's: 5 at the start, up to 2 at the end.
+const ATTEMPT_ATTRIBUTES: usize = 7;
+
+/// The first attributes in a vector with room for all a span will get: the SDK keeps the
+/// builder's vector as the span's, so later ones need no reallocation.
+fn room_for<const N: usize>(all: usize, first: [KeyValue; N]) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(all);
+    attributes.extend(first);
+    attributes
+}
+
+/// The method as a span name: the standard ones without a copy.
+fn static_method(method: &str) -> std::borrow::Cow<'static, str> {
+    match method {
+        "GET" => "GET".into(),
+        "POST" => "POST".into(),
+        "DELETE" => "DELETE".into(),
+        "PUT" => "PUT".into(),
+        "PATCH" => "PATCH".into(),
+        "HEAD" => "HEAD".into(),
+        "OPTIONS" => "OPTIONS".into(),
+        other => other.to_owned().into(),
+    }
 }
 
 /// The GenAI operation of an OpenAI operation path.
@@ -168,15 +219,19 @@ impl Traces {
         path: &str,
     ) -> ServerSpan {
         let parent = self.propagator.extract(&Headers(headers));
+        let method = static_method(method);
         let span = self
             .tracer
-            .span_builder(method.to_owned())
+            .span_builder(method.clone())
             .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new(names::METHOD, method.to_owned()),
-                KeyValue::new(names::PATH, path.to_owned()),
-                KeyValue::new(names::PROVIDER, names::AZURE_OPENAI),
-            ])
+            .with_attributes(room_for(
+                SERVER_ATTRIBUTES,
+                [
+                    KeyValue::new(names::METHOD, method),
+                    KeyValue::new(names::PATH, clip(path).to_owned()),
+                    KeyValue::new(names::PROVIDER, names::AZURE_OPENAI),
+                ],
+            ))
             .start_with_context(&self.tracer, &parent);
         ServerSpan {
             context: span.span_context().clone(),
@@ -229,15 +284,15 @@ pub struct Outcome<'a> {
     /// GenAI operation.
     pub operation: &'static str,
     /// The client's model.
-    pub request_model: Option<&'a str>,
+    pub request_model: Option<String>,
     /// Azure's model.
-    pub response_model: Option<&'a str>,
+    pub response_model: Option<String>,
     /// Deployment and backend used.
-    pub deployment: Option<&'a str>,
+    pub deployment: Option<&'a Arc<str>>,
     /// Backend used.
-    pub backend: Option<&'a str>,
+    pub backend: Option<&'a Arc<str>>,
     /// App of a shared gateway.
-    pub app: Option<&'a str>,
+    pub app: Option<&'a Arc<str>>,
     /// Status sent.
     pub status: u16,
     /// Why it failed, if it did.
@@ -247,24 +302,28 @@ pub struct Outcome<'a> {
     /// Azure's request id and region.
     pub apim_request_id: Option<&'a str>,
     /// Azure's region.
-    pub region: Option<&'a str>,
+    pub region: Option<String>,
 }
 
 impl ServerSpan {
     /// A client span for one attempt, child of this one.
-    pub fn attempt(&self, backend: &str, host: &str, n: u32, method: &str) -> AttemptSpan {
+    pub fn attempt(&self, backend: &Arc<str>, host: &str, n: u32, method: &str) -> AttemptSpan {
         let parent = Context::new().with_remote_span_context(self.context.clone());
         let tracer = &self.traces.tracer;
+        let method = static_method(method);
         let span = tracer
-            .span_builder(method.to_owned())
+            .span_builder(method.clone())
             .with_kind(SpanKind::Client)
-            .with_attributes([
-                KeyValue::new(names::METHOD, method.to_owned()),
-                KeyValue::new(names::BACKEND, backend.to_owned()),
-                KeyValue::new(names::SERVER_ADDRESS, host.to_owned()),
-                KeyValue::new(names::ATTEMPT, i64::from(n)),
-                KeyValue::new(names::PROVIDER, names::AZURE_OPENAI),
-            ])
+            .with_attributes(room_for(
+                ATTEMPT_ATTRIBUTES,
+                [
+                    KeyValue::new(names::METHOD, method),
+                    KeyValue::new(names::BACKEND, shared(backend)),
+                    KeyValue::new(names::SERVER_ADDRESS, host.to_owned()),
+                    KeyValue::new(names::ATTEMPT, i64::from(n)),
+                    KeyValue::new(names::PROVIDER, names::AZURE_OPENAI),
+                ],
+            ))
             .start_with_context(tracer, &parent);
         AttemptSpan {
             context: span.span_context().clone(),
@@ -274,42 +333,46 @@ impl ServerSpan {
 
     /// Ends the span with what happened.
     pub fn end(mut self, outcome: Outcome<'_>) {
-        let name = match outcome.request_model {
-            Some(model) => format!("{} {model}", outcome.operation),
+        let name = match &outcome.request_model {
+            Some(model) => format!("{} {}", outcome.operation, clip(model)),
             None => outcome.operation.to_owned(),
         };
         self.span.update_name(name);
-        let mut attributes = vec![
-            KeyValue::new(names::OPERATION, outcome.operation),
-            KeyValue::new(names::STATUS, i64::from(outcome.status)),
-        ];
-        let text = |key: &'static str, value: Option<&str>| {
-            value.map(|v| KeyValue::new(key, v.chars().take(256).collect::<String>()))
+        let span = &mut self.span;
+        span.set_attribute(KeyValue::new(names::OPERATION, outcome.operation));
+        span.set_attribute(KeyValue::new(names::STATUS, i64::from(outcome.status)));
+        let owned = |key: &'static str, value: Option<String>| {
+            value.map(|mut v| {
+                v.truncate(boundary(&v, 256));
+                KeyValue::new(key, v)
+            })
         };
-        attributes.extend(
-            [
-                text(names::REQUEST_MODEL, outcome.request_model),
-                text(names::RESPONSE_MODEL, outcome.response_model),
-                text(names::DEPLOYMENT, outcome.deployment),
-                text(names::BACKEND, outcome.backend),
-                text(names::APP, outcome.app),
-                text(names::APIM_REQUEST_ID, outcome.apim_request_id),
-                text(names::REGION, outcome.region),
-                text(names::ERROR_TYPE, outcome.error),
-            ]
-            .into_iter()
-            .flatten(),
-        );
+        let text = |key: &'static str, value: Option<&str>| {
+            value.map(|v| KeyValue::new(key, clip(v).to_owned()))
+        };
+        let name = |key: &'static str, value: Option<&Arc<str>>| {
+            value.map(|v| KeyValue::new(key, shared(v)))
+        };
+        let texts = [
+            owned(names::REQUEST_MODEL, outcome.request_model),
+            owned(names::RESPONSE_MODEL, outcome.response_model),
+            name(names::DEPLOYMENT, outcome.deployment),
+            name(names::BACKEND, outcome.backend),
+            name(names::APP, outcome.app),
+            text(names::APIM_REQUEST_ID, outcome.apim_request_id),
+            owned(names::REGION, outcome.region),
+            text(names::ERROR_TYPE, outcome.error),
+        ];
+        for attribute in texts.into_iter().flatten() {
+            span.set_attribute(attribute);
+        }
         if let Some(u) = outcome.usage {
             let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-            attributes.extend([
-                KeyValue::new(names::INPUT_TOKENS, n(u.prompt)),
-                KeyValue::new(names::OUTPUT_TOKENS, n(u.completion)),
-                KeyValue::new(names::CACHED_TOKENS, n(u.cached)),
-                KeyValue::new(names::REASONING_TOKENS, n(u.reasoning)),
-            ]);
+            span.set_attribute(KeyValue::new(names::INPUT_TOKENS, n(u.prompt)));
+            span.set_attribute(KeyValue::new(names::OUTPUT_TOKENS, n(u.completion)));
+            span.set_attribute(KeyValue::new(names::CACHED_TOKENS, n(u.cached)));
+            span.set_attribute(KeyValue::new(names::REASONING_TOKENS, n(u.reasoning)));
         }
-        self.span.set_attributes(attributes);
         if outcome.error.is_some() {
             self.span
                 .set_status(Status::error(outcome.error.unwrap_or_default().to_owned()));
@@ -327,8 +390,31 @@ pub struct AttemptSpan {
 impl AttemptSpan {
     /// Sets `traceparent` (and `tracestate`) on the upstream request.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        let cx = Context::new().with_remote_span_context(self.context.clone());
-        TraceContextPropagator::new().inject_context(&cx, &mut HeadersMut(headers));
+        // W3C Trace Context, written as TraceContextPropagator writes it, without its
+        // `Context` and `String`s.
+        let c = &self.context;
+        if !c.is_valid() {
+            return;
+        }
+        let mut text = Vec::with_capacity(55);
+        text.extend_from_slice(b"00-");
+        push_hex(&mut text, &c.trace_id().to_bytes());
+        text.push(b'-');
+        push_hex(&mut text, &c.span_id().to_bytes());
+        text.push(b'-');
+        push_hex(
+            &mut text,
+            &[c.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8()],
+        );
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(text)) {
+            headers.insert(TRACEPARENT, value);
+        }
+        let state = c.trace_state().header();
+        if !state.is_empty()
+            && let Ok(value) = HeaderValue::from_str(&state)
+        {
+            headers.insert(TRACESTATE, value);
+        }
     }
 
     /// Ends it with Azure's status, or the error that left no status.
@@ -361,15 +447,77 @@ impl Extractor for Headers<'_> {
     }
 }
 
-struct HeadersMut<'a>(&'a mut HeaderMap);
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-impl Injector for HeadersMut<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
+/// Lowercase hex, two digits a byte.
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::propagation::Injector;
+    use opentelemetry::trace::{SpanId, TraceId, TraceState};
+    use std::collections::HashMap;
+
+    struct Map(HashMap<String, String>);
+
+    impl Injector for Map {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.insert(key.to_owned(), value);
         }
+    }
+
+    #[test]
+    fn traceparent_and_tracestate_as_the_sdks_propagator_writes_them() {
+        for (flags, state) in [
+            (TraceFlags::SAMPLED, TraceState::default()),
+            (
+                TraceFlags::default(),
+                TraceState::from_key_value([("vendor", "a1"), ("other", "b2")]).unwrap(),
+            ),
+        ] {
+            let context = SpanContext::new(
+                TraceId::from_bytes([0x0a, 0xf7, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0xff]),
+                SpanId::from_bytes([0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]),
+                flags,
+                false,
+                state,
+            );
+            let mut theirs = Map(HashMap::new());
+            TraceContextPropagator::new().inject_context(
+                &Context::new().with_remote_span_context(context.clone()),
+                &mut theirs,
+            );
+            let mut ours = HeaderMap::new();
+            let span = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .build()
+                .tracer("test")
+                .start("x");
+            AttemptSpan { span, context }.inject(&mut ours);
+            assert_eq!(ours["traceparent"], theirs.0["traceparent"].as_str());
+            match theirs.0.get("tracestate").filter(|s| !s.is_empty()) {
+                Some(state) => assert_eq!(ours["tracestate"], state.as_str()),
+                None => assert!(!ours.contains_key("tracestate")),
+            }
+        }
+    }
+
+    #[test]
+    fn values_are_clipped_at_a_character_boundary() {
+        assert_eq!(clip("gpt-4o"), "gpt-4o");
+        let even = "é".repeat(200);
+        assert_eq!(clip(&even).len(), 256);
+        let odd = format!("a{even}");
+        assert_eq!(clip(&odd).len(), 255);
+        assert!(odd.starts_with(clip(&odd)));
+        assert_eq!(static_method("POST"), "POST");
+        assert_eq!(static_method("PROPFIND"), "PROPFIND");
     }
 }

@@ -778,16 +778,16 @@ impl Record {
             };
             span.end(crate::otel::Outcome {
                 operation: self.operation.unwrap_or("other"),
-                request_model: self.request_model.as_deref(),
-                response_model: response_model.as_deref(),
-                deployment: self.deployment.as_deref(),
-                backend: self.backend.as_deref(),
-                app: self.app.as_deref(),
+                request_model: self.request_model.take(),
+                response_model,
+                deployment: self.deployment.as_ref(),
+                backend: self.backend.as_ref(),
+                app: self.app.as_ref(),
                 status,
                 error: error.as_deref(),
                 usage,
                 apim_request_id: self.upstream_request_id.as_deref(),
-                region: self.region.as_deref(),
+                region: self.region.take(),
             });
         }
         let u = usage.unwrap_or_default();

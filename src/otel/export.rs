@@ -264,12 +264,12 @@ fn any_value(buf: &mut Vec<u8>, value: &Value) {
         Value::String(s) => string_always(buf, 1, s.as_str()),
         Value::Bool(b) => {
             tag(buf, 2, VARINT);
-            encode_varint(u64::from(*b), buf);
+            put_varint(buf, u64::from(*b));
         }
         Value::I64(n) => {
             tag(buf, 3, VARINT);
             // int64: two's complement, as a varint.
-            encode_varint(*n as u64, buf);
+            put_varint(buf, *n as u64);
         }
         Value::F64(x) => {
             tag(buf, 4, FIXED64);
@@ -295,21 +295,38 @@ const FIXED64: u64 = 1;
 const LEN: u64 = 2;
 const FIXED32: u64 = 5;
 
+/// A varint: one byte for the tags and lengths of nearly every field, prost's general
+/// encoder for the rest.
+#[inline]
+fn put_varint(buf: &mut Vec<u8>, n: u64) {
+    if n < 0x80 {
+        buf.push(n as u8);
+    } else {
+        encode_varint(n, buf);
+    }
+}
+
 fn tag(buf: &mut Vec<u8>, field: u32, wire: u64) {
-    encode_varint((u64::from(field) << 3) | wire, buf);
+    put_varint(buf, (u64::from(field) << 3) | wire);
 }
 
 /// A length-delimited message, its fields written by `fields` and its length put before
-/// them once known.
+/// them once known: one byte is kept for it, enough below 128 bytes (a key-value pair);
+/// a longer message (a span, a batch) moves up by the few bytes more its length takes.
 fn message(buf: &mut Vec<u8>, field: u32, fields: impl FnOnce(&mut Vec<u8>)) {
     tag(buf, field, LEN);
-    let start = buf.len();
+    let at = buf.len();
+    buf.push(0);
     fields(buf);
-    let len = buf.len() - start;
-    let mut prefix = Vec::with_capacity(10);
+    let len = buf.len() - at - 1;
+    let width = encoded_len_varint(len as u64);
+    if width > 1 {
+        let end = buf.len();
+        buf.resize(end + width - 1, 0);
+        buf.copy_within(at + 1..end, at + width);
+    }
+    let mut prefix = &mut buf[at..at + width];
     encode_varint(len as u64, &mut prefix);
-    debug_assert_eq!(prefix.len(), encoded_len_varint(len as u64));
-    buf.splice(start..start, prefix);
 }
 
 // proto3 scalars at their default are not written (as prost does).
@@ -320,14 +337,14 @@ fn string(buf: &mut Vec<u8>, field: u32, s: &str) {
 
 fn string_always(buf: &mut Vec<u8>, field: u32, s: &str) {
     tag(buf, field, LEN);
-    encode_varint(s.len() as u64, buf);
+    put_varint(buf, s.len() as u64);
     buf.extend_from_slice(s.as_bytes());
 }
 
 fn bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
     if !b.is_empty() {
         tag(buf, field, LEN);
-        encode_varint(b.len() as u64, buf);
+        put_varint(buf, b.len() as u64);
         buf.extend_from_slice(b);
     }
 }
@@ -335,7 +352,7 @@ fn bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
 fn varint(buf: &mut Vec<u8>, field: u32, n: u64) {
     if n != 0 {
         tag(buf, field, VARINT);
-        encode_varint(n, buf);
+        put_varint(buf, n);
     }
 }
 
