@@ -20,7 +20,8 @@
 use crate::config::AppSpec;
 use crate::error::Error;
 use crate::shared_limit::{Budget as SharedBudget, Decision, Headroom, SharedLimits};
-use governor::clock::{Clock, DefaultClock};
+use bytes::BufMut;
+use governor::clock::{Clock, MonotonicClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
@@ -32,7 +33,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+/// On std's monotonic clock, as the deployment limits (see `Limiter::new`).
+type Gcra = RateLimiter<NotKeyed, InMemoryState, MonotonicClock, StateInformationMiddleware>;
 
 /// The apps of a shared gateway.
 pub struct Apps {
@@ -108,8 +110,11 @@ impl Apps {
         let budget = |limit: Option<NonZeroU32>| {
             limit.map(|limit| Budget {
                 limit,
-                gcra: RateLimiter::direct(Quota::per_minute(limit).allow_burst(limit))
-                    .with_middleware::<StateInformationMiddleware>(),
+                gcra: RateLimiter::direct_with_clock(
+                    Quota::per_minute(limit).allow_burst(limit),
+                    MonotonicClock,
+                )
+                .with_middleware::<StateInformationMiddleware>(),
                 last_remaining: AtomicU32::new(limit.get()),
             })
         };
@@ -337,7 +342,7 @@ impl Budget {
             }
             Ok(Err(not_until)) => {
                 self.last_remaining.store(0, Ordering::Relaxed);
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let wait = not_until.wait_time_from(MonotonicClock.now());
                 Err((wait, self.level_with(0)))
             }
             // Cannot happen: `n` is capped at the burst.
@@ -375,14 +380,13 @@ impl Standing {
                 write(&mut text);
                 values[i * 3 + n] = (Some(name), at, text.len());
             };
-            // Writing to a BytesMut cannot fail.
             put(0, limit, &|t| {
-                let _ = write!(t, "{}", level.limit);
+                t.put_slice(itoa::Buffer::new().format(level.limit).as_bytes());
             });
             put(1, remaining, &|t| {
-                let _ = write!(t, "{}", level.remaining);
+                t.put_slice(itoa::Buffer::new().format(level.remaining).as_bytes());
             });
-            put(2, reset, &|t| write_go_duration(t, level.reset));
+            put(2, reset, &|t| put_go_duration(t, level.reset));
         }
         let text = text.freeze();
         headers.reserve(6);
@@ -406,33 +410,52 @@ const X_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-to
 /// A duration as OpenAI writes its reset headers (Go's format): `20ms`, `1s`, `1.5s`,
 /// `6m0s`, `1h2m3s`.
 pub fn go_duration(d: Duration) -> String {
-    let mut out = String::with_capacity(16);
-    write_go_duration(&mut out, d);
-    out
+    let mut out = Vec::with_capacity(16);
+    put_go_duration(&mut out, d);
+    // Digits and unit letters only.
+    String::from_utf8(out).unwrap_or_default()
 }
 
-/// [`go_duration`] into `out`, without a string of its own.
-fn write_go_duration(out: &mut impl std::fmt::Write, d: Duration) {
+/// [`go_duration`] into `out`, numbers written by itoa (core's formatting machinery was
+/// most of what the six `x-ratelimit-*` values cost).
+fn put_go_duration(out: &mut impl BufMut, d: Duration) {
     let ms = d.as_millis();
-    // Writing to a String or a stack buffer of room enough cannot fail.
+    let mut number = itoa::Buffer::new();
     if ms < 1000 {
-        let _ = write!(out, "{ms}ms");
+        out.put_slice(number.format(ms).as_bytes());
+        out.put_slice(b"ms");
         return;
     }
     let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (m, rest) = (rest / 60_000, rest % 60_000);
     let (s, frac) = (rest / 1000, rest % 1000);
-    let _ = match (h, m) {
-        (0, 0) => Ok(()),
-        (0, m) => write!(out, "{m}m"),
-        (h, m) => write!(out, "{h}h{m}m"),
-    };
-    let _ = match frac {
-        0 => write!(out, "{s}s"),
-        f if f % 100 == 0 => write!(out, "{s}.{}s", f / 100),
-        f if f % 10 == 0 => write!(out, "{s}.{:02}s", f / 10),
-        f => write!(out, "{s}.{f:03}s"),
-    };
+    if h > 0 {
+        out.put_slice(number.format(h).as_bytes());
+        out.put_slice(b"h");
+    }
+    if h > 0 || m > 0 {
+        out.put_slice(number.format(m).as_bytes());
+        out.put_slice(b"m");
+    }
+    out.put_slice(number.format(s).as_bytes());
+    if frac > 0 {
+        // Milliseconds as a decimal fraction, trailing zeros dropped: 1.5s, 1.05s.
+        let digits = [
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ];
+        let keep = if frac % 100 == 0 {
+            2
+        } else if frac % 10 == 0 {
+            3
+        } else {
+            4
+        };
+        out.put_slice(&digits[..keep]);
+    }
+    out.put_slice(b"s");
 }
 
 /// The key a client presents: `Authorization: Bearer KEY`, else `api-key: KEY`.
