@@ -24,6 +24,8 @@ const CLIENT: i32 = 3;
 struct Collector {
     url: String,
     spans: Arc<Mutex<Vec<Span>>>,
+    /// Each export's headers and its resource's `service.name`.
+    exports: Arc<Mutex<Vec<(http::HeaderMap, String)>>>,
 }
 
 impl Collector {
@@ -32,20 +34,37 @@ impl Collector {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let spans = Arc::new(Mutex::new(Vec::new()));
         let kept = spans.clone();
+        let exports = Arc::new(Mutex::new(Vec::new()));
+        let seen = exports.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let kept = kept.clone();
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |req: http::Request<hyper::body::Incoming>| {
                             let kept = kept.clone();
+                            let seen = seen.clone();
                             async move {
                                 assert_eq!(req.uri().path(), "/v1/traces");
+                                let headers = req.headers().clone();
                                 let body = req.into_body().collect().await.unwrap().to_bytes();
                                 let export = ExportTraceServiceRequest::decode(body).unwrap();
+                                let service = export
+                                    .resource_spans
+                                    .iter()
+                                    .flat_map(|rs| rs.resource.iter())
+                                    .flat_map(|r| r.attributes.iter())
+                                    .find(|kv| kv.key == "service.name")
+                                    .and_then(|kv| kv.value.as_ref()?.value.clone());
+                                let service = match service {
+                                    Some(Value::StringValue(s)) => s,
+                                    other => format!("{other:?}"),
+                                };
+                                seen.lock().unwrap().push((headers, service));
                                 tokio::time::sleep(delay).await;
                                 let mut spans = kept.lock().unwrap();
                                 for rs in export.resource_spans {
@@ -65,7 +84,11 @@ impl Collector {
                 });
             }
         });
-        Collector { url, spans }
+        Collector {
+            url,
+            spans,
+            exports,
+        }
     }
 
     /// Waits until `n` spans came, and returns them all.
@@ -112,8 +135,15 @@ async fn start(mock: &Mock, collector: &str) -> Running {
         mock.url.as_str(),
         "[retry]\nbackoff_base = \"10ms\"\nbackoff_cap = \"20ms\"\n",
         &["--otlp-endpoint", collector],
-        // The batch goes out every 100 ms rather than 5 s.
-        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+        // The batch goes out every 100 ms rather than 5 s; a collector's key, as the
+        // variable carries it (percent-encoded).
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-collector-key=k%20v,x-tenant=t1",
+            ),
+        ],
     )
     .await
 }
@@ -189,6 +219,15 @@ async fn a_plain_request_is_a_server_span_with_one_attempt_and_the_context_reach
     let seen = mock.one();
     let sent = seen.headers["traceparent"].to_str().unwrap();
     assert_eq!(sent, format!("00-{trace_id}-{}-01", hex(&attempt.span_id)));
+    // The export: protobuf, the variable's headers, the service's name.
+    let exports = collector.exports.lock().unwrap().clone();
+    assert!(!exports.is_empty());
+    for (headers, service) in exports {
+        assert_eq!(headers["content-type"], "application/x-protobuf");
+        assert_eq!(headers["x-collector-key"], "k v");
+        assert_eq!(headers["x-tenant"], "t1");
+        assert_eq!(service, "keyless");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
