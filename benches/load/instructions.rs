@@ -34,11 +34,15 @@ pub struct Count {
 
 /// Counts the instructions a chat request (the one wrk sends) costs the proxy
 /// `start(out)` starts under callgrind, which writes its counts to `out` as it exits.
+/// The proxy runs `linger` longer after the last answer, in both runs, so work it does
+/// after the requests (a batch of spans exported) is in the count; the idle time itself
+/// costs both runs alike and cancels in the difference.
 pub fn count(
     annotate: &Path,
     dir: &Path,
     name: &str,
     headers: &[(&str, &str)],
+    linger: Duration,
     start: impl Fn(&Path) -> Result<(Proc, SocketAddr), Error>,
 ) -> Result<Count, Error> {
     let mut runs = Vec::new();
@@ -46,6 +50,7 @@ pub fn count(
         let out = dir.join(format!("callgrind-{name}-{n}.out"));
         let (mut proxy, addr) = start(&out)?;
         let sent = sequential(addr, n, headers);
+        std::thread::sleep(linger);
         // callgrind writes the counts as the proxy exits.
         proxy.stop();
         sent.map_err(|e| format!("{name} under callgrind, request failed: {e}"))?;

@@ -35,6 +35,7 @@ mod env;
 mod heap;
 mod instructions;
 mod limits;
+mod otlp;
 mod procs;
 mod profile;
 mod realtime;
@@ -83,6 +84,11 @@ impl Row {
 const APP_KEY: &str = "sk-bench-app-key";
 /// That row's name.
 pub const KEYLESS_APPS: &str = "keyless + app key + usage";
+/// The same app key without quotas (no rpm, no tpm), usage read: an instruction count row.
+pub const KEYLESS_KEYS: &str = "keyless + app key + usage, no quotas";
+/// keyless exporting its spans over OTLP/HTTP to a sink of the bench's: an instruction
+/// count row.
+pub const KEYLESS_OTEL: &str = "keyless + OTLP export";
 
 /// How much to measure.
 #[derive(Clone, Debug)]
@@ -579,6 +585,17 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
         ),
     )?;
     let apps_config = apps_config.display().to_string();
+    // The same app and usage without quotas (`KEYLESS_KEYS`): what the key and the usage
+    // cost apart from the rate limits and their headers.
+    let keys_config = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys_config,
+        format!(
+            "[[apps]]\nname = \"bench\"\nkey_sha256 = \"{}\"\n\n[usage]\nstream_include_usage = true\n",
+            keyless::apps::sha256_hex(APP_KEY.as_bytes())
+        ),
+    )?;
+    let keys_config = keys_config.display().to_string();
     let bearer_key = format!("Bearer {APP_KEY}");
 
     // Instructions a request, each proxy alone under callgrind.
@@ -592,22 +609,30 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
             ];
             (valgrind.as_path(), args)
         };
-        let keyless_count = instructions::count(&annotate, dir.path(), "keyless", &[], |out| {
-            start_keyless_under(
-                Some(under(out)),
-                &keyless_bin,
-                sim_addr,
-                &secret,
-                log("keyless-callgrind"),
-                &["--workers", "1"],
-            )
-        });
+        let keyless_count = instructions::count(
+            &annotate,
+            dir.path(),
+            "keyless",
+            &[],
+            Duration::ZERO,
+            |out| {
+                start_keyless_under(
+                    Some(under(out)),
+                    &keyless_bin,
+                    sim_addr,
+                    &secret,
+                    log("keyless-callgrind"),
+                    &["--workers", "1"],
+                )
+            },
+        );
         // The shared gateway (`apps_config`) on the same requests.
         let apps_count = instructions::count(
             &annotate,
             dir.path(),
             "keyless-apps",
             &[("authorization", bearer_key.as_str())],
+            Duration::ZERO,
             |out| {
                 start_keyless_under(
                     Some(under(out)),
@@ -619,20 +644,59 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
                 )
             },
         );
-        let nginx_count = instructions::count(&annotate, dir.path(), "nginx", &[], |out| {
-            start_nginx(
-                &tools.nginx,
-                dir.path(),
-                sim_addr,
-                &bearer,
-                1,
+        // The app key and usage without quotas (`keys_config`).
+        let keys_count = instructions::count(
+            &annotate,
+            dir.path(),
+            "keyless-keys",
+            &[("authorization", bearer_key.as_str())],
+            Duration::ZERO,
+            |out| {
+                start_keyless_under(
+                    Some(under(out)),
+                    &keyless_bin,
+                    sim_addr,
+                    &secret,
+                    log("keyless-keys-callgrind"),
+                    &["--workers", "1", "--config", &keys_config],
+                )
+            },
+        );
+        let otel_count = otel_count(&annotate, dir.path(), |out, endpoint| {
+            start_keyless_env(
                 Some(under(out)),
+                &keyless_bin,
+                sim_addr,
+                &secret,
+                log("keyless-otel-callgrind"),
+                &["--workers", "1", "--otlp-endpoint", endpoint],
+                // Batches go out every 200 ms (5 s by default), so they do during the run.
+                &[("OTEL_BSP_SCHEDULE_DELAY", "200".into())],
             )
         });
+        let nginx_count = instructions::count(
+            &annotate,
+            dir.path(),
+            "nginx",
+            &[],
+            Duration::ZERO,
+            |out| {
+                start_nginx(
+                    &tools.nginx,
+                    dir.path(),
+                    sim_addr,
+                    &bearer,
+                    1,
+                    Some(under(out)),
+                )
+            },
+        );
         for (row, count) in [
             ("nginx", nginx_count),
             ("keyless", keyless_count),
+            (KEYLESS_KEYS, keys_count),
             (KEYLESS_APPS, apps_count),
+            (KEYLESS_OTEL, otel_count),
         ] {
             match count {
                 Ok(c) => instructions.push((row, c)),
@@ -963,6 +1027,19 @@ pub(crate) fn start_keyless_under(
     log: PathBuf,
     extra: &[&str],
 ) -> Result<(Proc, SocketAddr), Error> {
+    start_keyless_env(wrapper, bin, sim, secret, log, extra, &[])
+}
+
+/// [`start_keyless_under`] with variables `env` added to keyless's environment.
+fn start_keyless_env(
+    wrapper: Option<(&Path, Vec<String>)>,
+    bin: &Path,
+    sim: SocketAddr,
+    secret: &str,
+    log: PathBuf,
+    extra: &[&str],
+    env: &[(&'static str, String)],
+) -> Result<(Proc, SocketAddr), Error> {
     let mut args = strings(&[
         "serve",
         "--listen",
@@ -974,16 +1051,18 @@ pub(crate) fn start_keyless_under(
     ]);
     args.extend(strings(extra));
     let (program, args) = wrapped(wrapper, bin, args);
+    let mut vars = vec![
+        // Per-request info lines would cost more than the proxying measured here.
+        ("KEYLESS_LOG", "warn".into()),
+        ("IDENTITY_ENDPOINT", format!("http://{sim}/msi/token")),
+        ("IDENTITY_HEADER", secret.to_owned()),
+    ];
+    vars.extend_from_slice(env);
     let (mut proc, addr) = Spawn {
         name: "keyless",
         program,
         args,
-        env: vec![
-            // Per-request info lines would cost more than the proxying measured here.
-            ("KEYLESS_LOG", "warn".into()),
-            ("IDENTITY_ENDPOINT", format!("http://{sim}/msi/token")),
-            ("IDENTITY_HEADER", secret.to_owned()),
-        ],
+        env: vars,
         log,
     }
     .start(true)?;
@@ -1009,6 +1088,31 @@ fn wrapped<'a>(
         }
         None => (bin, args),
     }
+}
+
+/// The instructions a chat request costs keyless exporting its spans over OTLP/HTTP
+/// (`KEYLESS_OTEL`) to a sink started here, which `start(out, endpoint)` starts keyless
+/// under callgrind to send to. keyless runs a second after the last answer, in both runs,
+/// so the last batches are exported inside the count and not only at shutdown.
+fn otel_count(
+    annotate: &Path,
+    dir: &Path,
+    start: impl Fn(&Path, &str) -> Result<(Proc, SocketAddr), Error>,
+) -> Result<instructions::Count, Error> {
+    let sink = otlp::start()?;
+    let endpoint = format!("http://{}", sink.addr);
+    let count = instructions::count(
+        annotate,
+        dir,
+        "keyless-otel",
+        &[],
+        Duration::from_secs(1),
+        |out| start(out, &endpoint),
+    )?;
+    if sink.bodies() == 0 {
+        return Err(format!("no span reached the OTLP sink at {endpoint}").into());
+    }
+    Ok(count)
 }
 
 /// One paced batch through a keyless run under heaptrack; the heap at its peak.
