@@ -674,13 +674,8 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
                 &[("OTEL_BSP_SCHEDULE_DELAY", "200".into())],
             )
         });
-        let nginx_count = instructions::count(
-            &annotate,
-            dir.path(),
-            "nginx",
-            &[],
-            Duration::ZERO,
-            |out| {
+        let nginx_count =
+            instructions::count(&annotate, dir.path(), "nginx", &[], Duration::ZERO, |out| {
                 start_nginx(
                     &tools.nginx,
                     dir.path(),
@@ -689,8 +684,7 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
                     1,
                     Some(under(out)),
                 )
-            },
-        );
+            });
         for (row, count) in [
             ("nginx", nginx_count),
             ("keyless", keyless_count),
