@@ -20,9 +20,11 @@
 //! would), and the statistics, table and chart stay in one typed program.
 //!
 //! Flags after `--`: `--smoke`, `--no-profile` (skip perf, heaptrack and callgrind),
+//! `--callgrind` (count instructions in smoke mode too, some minutes more),
 //! `--no-install` (fail instead of running apt-get). Environment: `KEYLESS_BENCH_ROUNDS`,
 //! `KEYLESS_BENCH_SECONDS` (rounds and seconds a row), `KEYLESS_BENCH_RAMP_MS` (paced
-//! streams' start window), `KEYLESS_BENCH_DUMP=DIR` (each stream's start and TTFB as CSV).
+//! streams' start window), `KEYLESS_BENCH_DUMP=DIR` (each stream's start and TTFB as CSV),
+//! `KEYLESS_BENCH_CALLGRIND=1` (as `--callgrind`).
 //! `CARGO_PROFILE_BENCH_STRIP=false` keeps keyless's symbols for the profiles.
 //!
 //! A benchmark, not a test: it asserts no timing. It exits non-zero only when the set-up
@@ -106,6 +108,8 @@ pub struct Plan {
     /// of them are open at once.
     pub ramp: Duration,
     pub profile: Option<Duration>,
+    /// Count instructions under callgrind (when valgrind is installed).
+    pub callgrind: bool,
     pub may_install: bool,
 }
 
@@ -114,6 +118,8 @@ impl Plan {
         let mut smoke =
             std::env::var("KEYLESS_BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0");
         let mut profile = true;
+        let mut callgrind =
+            std::env::var("KEYLESS_BENCH_CALLGRIND").is_ok_and(|v| !v.is_empty() && v != "0");
         let mut may_install = true;
         let mut filters = Vec::new();
         let mut benching = false;
@@ -122,6 +128,7 @@ impl Plan {
                 "--bench" => benching = true,
                 "--smoke" => smoke = true,
                 "--no-profile" => profile = false,
+                "--callgrind" => callgrind = true,
                 "--no-install" => may_install = false,
                 // cargo passes --bench to harness-less benches; other flags are criterion's.
                 a if a.starts_with('-') => {}
@@ -157,6 +164,7 @@ impl Plan {
                 delay_ms: 50,
                 ramp: Duration::from_millis(number("KEYLESS_BENCH_RAMP_MS", 1000)),
                 profile: None,
+                callgrind,
                 may_install,
             }
         } else {
@@ -172,6 +180,7 @@ impl Plan {
                 delay_ms: 50,
                 ramp: Duration::from_millis(number("KEYLESS_BENCH_RAMP_MS", 1000)),
                 profile: profile.then_some(Duration::from_secs(8)),
+                callgrind: profile,
                 may_install,
             }
         })
@@ -282,7 +291,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     };
     // However a run goes wrong, it stops by itself: the servers die with this process.
-    let limit = if plan.smoke { 300 } else { 2400 };
+    let limit = match (plan.smoke, plan.callgrind) {
+        (true, false) => 300,
+        (true, true) => 1500,
+        (false, _) => 2400,
+    };
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(limit));
         eprintln!("load bench: still running after {limit} s; giving up");
@@ -601,7 +614,7 @@ fn run(plan: Plan, manifest: &Path) -> Result<Results, Error> {
     // Instructions a request, each proxy alone under callgrind.
     let mut instructions = Vec::new();
     let callgrind = procs::which("valgrind").zip(procs::which("callgrind_annotate"));
-    if let (Some((valgrind, annotate)), Some(_)) = (callgrind, plan.profile) {
+    if let Some((valgrind, annotate)) = callgrind.filter(|_| plan.callgrind) {
         let under = |out: &Path| {
             let args = vec![
                 "--tool=callgrind".to_owned(),

@@ -981,8 +981,8 @@ fn instructions(out: &mut String, results: &Results) {
         let _ = writeln!(
             out,
             "{}\n",
-            if results.plan.smoke {
-                "Not counted in smoke mode."
+            if results.plan.smoke && !results.plan.callgrind {
+                "Not counted in smoke mode (`--callgrind` counts them)."
             } else {
                 "Not counted: valgrind is not installed (Debian's `valgrind`), or `--no-profile`."
             }
