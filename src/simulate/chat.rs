@@ -471,7 +471,7 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
     }
     frames.buf.push_str(DONE_FRAME);
     frames.end();
-    sse_response(frames.finish(), knobs.delay)
+    sse_response(frames.finish(), knobs.delay, 1 + usize::from(include_usage))
 }
 
 /// The text of an answer that is neither a tool call nor about a tool result.

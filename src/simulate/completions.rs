@@ -161,5 +161,5 @@ pub(super) async fn create(deployment: Option<&str>, call: &Call<'_>) -> Respons
     }
     frames.buf.push_str(DONE_FRAME);
     frames.end();
-    sse_response(frames.finish(), knobs.delay)
+    sse_response(frames.finish(), knobs.delay, 1)
 }

@@ -559,8 +559,8 @@ fn json_ok(value: &serde_json::Value) -> Response<Body> {
 }
 
 /// An SSE answer whose frames go out one body frame each, `delay` apart.
-fn sse_response(frames: Vec<Bytes>, delay: Duration) -> Response<Body> {
-    let mut response = Response::new(SseBody::new(frames, delay).boxed_unsync());
+fn sse_response(frames: Vec<Bytes>, delay: Duration, tail: usize) -> Response<Body> {
+    let mut response = Response::new(SseBody::new(frames, delay, tail).boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, EVENT_STREAM);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -318,7 +318,7 @@ pub(super) async fn create(req: &Call<'_>) -> Response<Body> {
             stored.events = Some(frames.clone());
         }
     }
-    sse_response(frames, knobs.delay)
+    sse_response(frames, knobs.delay, 0)
 }
 
 /// A function call the answer makes.

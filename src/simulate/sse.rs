@@ -59,20 +59,24 @@ impl FrameWriter {
 }
 
 /// A body that hands out pre-built SSE frames one at a time, sleeping `delay` between them,
-/// so a client (and keyless in front of it) sees every frame as its own write.
+/// so a client (and keyless in front of it) sees every frame as its own write. The last
+/// `tail` frames follow the one before them at once: the usage frame and `[DONE]` come as
+/// soon as the model has finished, not a token's time later.
 pub(super) struct SseBody {
     frames: std::vec::IntoIter<Bytes>,
     delay: Duration,
+    tail: usize,
     /// Armed after each frame when `delay` is non-zero; reused to avoid an allocation a frame.
     sleep: Option<Pin<Box<Sleep>>>,
     waiting: bool,
 }
 
 impl SseBody {
-    pub(super) fn new(frames: Vec<Bytes>, delay: Duration) -> Self {
+    pub(super) fn new(frames: Vec<Bytes>, delay: Duration, tail: usize) -> Self {
         Self {
             frames: frames.into_iter(),
             delay,
+            tail,
             sleep: None,
             waiting: false,
         }
@@ -100,7 +104,7 @@ impl HttpBody for SseBody {
             this.waiting = false;
         }
         let frame = this.frames.next();
-        if !this.delay.is_zero() && this.frames.len() > 0 {
+        if !this.delay.is_zero() && this.frames.len() > this.tail {
             this.waiting = true;
             if let Some(sleep) = this.sleep.as_mut() {
                 sleep.as_mut().reset(Instant::now() + this.delay);
@@ -169,4 +173,31 @@ pub(super) fn drop_after(body: Body, frames: usize) -> Body {
         paused: false,
     }
     .boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// When each frame of a body of `frames` frames comes, on tokio's paused clock.
+    async fn arrivals(frames: usize, tail: usize) -> Vec<Duration> {
+        let frames = (0..frames).map(|i| Bytes::from(i.to_string())).collect();
+        let mut body = SseBody::new(frames, Duration::from_millis(50), tail);
+        let start = Instant::now();
+        let mut at = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+            at.push(start.elapsed());
+        }
+        at
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_are_paced_and_the_tail_follows_at_once() {
+        let ms = Duration::from_millis;
+        assert_eq!(arrivals(4, 0).await, [ms(0), ms(50), ms(100), ms(150)]);
+        // The usage frame and [DONE] after the finish frame.
+        assert_eq!(arrivals(4, 2).await, [ms(0), ms(50), ms(50), ms(50)]);
+        assert_eq!(arrivals(2, 1).await, [ms(0), ms(0)]);
+    }
 }

@@ -30,7 +30,7 @@ pub(super) fn handle(op: Op, id: &str, call: &Call<'_>) -> Response<Body> {
                     Some(events) => {
                         let start = after.map_or(0, |n| n.saturating_add(1));
                         let rest = events.get(start..).unwrap_or_default().to_vec();
-                        super::sse_response(rest, call.knobs.delay)
+                        super::sse_response(rest, call.knobs.delay, 0)
                     }
                     None => errors::openai_error(
                         StatusCode::BAD_REQUEST,

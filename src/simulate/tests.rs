@@ -171,11 +171,14 @@ async fn stream_frames_arrive_as_separate_body_frames() {
             received.push(data);
         }
     }
-    // first, role, 3 content, stop, [DONE]: each its own write, 30 ms apart.
-    assert_eq!(received.len(), 7, "{received:?}");
+    // first, role, 3 content, stop: each its own write, 30 ms apart; [DONE] right after
+    // the stop frame, so the client may read the two at once.
+    assert!((6..=7).contains(&received.len()), "{received:?}");
     assert!(received.iter().all(|frame| frame.ends_with(b"\n\n")));
-    assert_eq!(&received[6][..], b"data: [DONE]\n\n");
-    assert!(started.elapsed() >= Duration::from_millis(6 * 30));
+    assert!(
+        received[5].ends_with(b"data: [DONE]\n\n") || received[6][..] == b"data: [DONE]\n\n"[..]
+    );
+    assert!(started.elapsed() >= Duration::from_millis(5 * 30));
 }
 
 #[tokio::test]
