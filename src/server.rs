@@ -1,4 +1,4 @@
-//! The accept loops: HTTP/1.1 and h2c on one listener (hyper-util's auto builder), with
+//! The accept loops: HTTP/1.1 and h2c on one listener (told apart by the first bytes), with
 //! graceful shutdown: stop accepting, let requests and streams in flight finish within
 //! the grace period, then close what is left.
 //!
@@ -12,11 +12,13 @@
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -255,17 +257,16 @@ async fn serve_from<S, B>(
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         // A client that opens a connection and sends no complete head is dropped; hyper
         // starts this timer again whenever it waits for the next request, so it also
         // closes an idle keep-alive connection.
         .header_read_timeout(bounds.header_timeout)
         .keep_alive(true);
-    builder
-        .http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         // A peer that stops answering pings is dropped.
         .keep_alive_interval(bounds.h2_keepalive_interval)
@@ -309,20 +310,26 @@ async fn serve_from<S, B>(
         };
         // SSE frames are small writes: Nagle would hold them back.
         let _ = stream.set_nodelay(true);
-        let (builder, service, shutdown) = (builder.clone(), service.clone(), shutdown.clone());
+        let (http1, http2) = (http1.clone(), http2.clone());
+        let (service, shutdown) = (service.clone(), shutdown.clone());
         connections.spawn(async move {
             let _load = load;
-            // The first byte must come within the header timeout (hyper then bounds the
+            // The first bytes must come within the header timeout (hyper then bounds the
             // rest of the head): a socket that sends nothing is closed, not kept.
-            tokio::select! {
-                ready = tokio::time::timeout(bounds.header_timeout, stream.readable()) => {
-                    if ready.is_err() {
+            let h2 = tokio::select! {
+                found = tokio::time::timeout(bounds.header_timeout, speaks_h2(&stream)) => match found {
+                    Ok(Ok(h2)) => h2,
+                    Ok(Err(e)) => {
+                        tracing::debug!(name, %peer, error = %e, "connection failed before its first request");
+                        return;
+                    }
+                    Err(_) => {
                         tracing::debug!(name, %peer, "nothing sent within the header timeout: closed");
                         return;
                     }
-                }
+                },
                 () = shutdown.cancelled() => return,
-            }
+            };
             let activity = Arc::new(Activity::new());
             let tracked = {
                 let activity = activity.clone();
@@ -331,35 +338,24 @@ async fn serve_from<S, B>(
                     // last byte sent, or the stream cut).
                     let busy = activity.begin();
                     let answer = service.call(req);
-                    async move {
+                    // Boxed: hyper keeps room for the service's future in every connection
+                    // for the connection's life, and the handling's kilobytes of state are
+                    // needed only until the response head, not while a stream flows or a
+                    // connection idles. The box is freed when the head is returned.
+                    Box::pin(async move {
                         let response = answer.await?;
                         Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
-                    }
+                    })
                 })
             };
-            // With upgrades: a WebSocket handshake (realtime) gets its socket handed over.
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), tracked);
-            let mut connection = std::pin::pin!(connection);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    ended = connection.as_mut() => {
-                        if let Err(e) = ended {
-                            tracing::debug!(name, %peer, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    // Shutdown: finish what is in flight (HTTP/2: a GOAWAY), take no more.
-                    () = shutdown.cancelled(), if !closing => {
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    () = activity.idle_for(bounds.idle_timeout), if !closing => {
-                        tracing::debug!(name, %peer, "idle: closed");
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                }
+            let io = TokioIo::new(stream);
+            if h2 {
+                let connection = http2.serve_connection(io, tracked);
+                drive(connection, |c| c.graceful_shutdown(), &activity, bounds.idle_timeout, &shutdown, name, peer).await;
+            } else {
+                // With upgrades: a WebSocket handshake (realtime) gets its socket handed over.
+                let connection = http1.serve_connection(io, tracked).with_upgrades();
+                drive(connection, |c| c.graceful_shutdown(), &activity, bounds.idle_timeout, &shutdown, name, peer).await;
             }
         });
     }
@@ -385,6 +381,67 @@ async fn serve_from<S, B>(
         .is_err()
     {
         tracing::warn!(name, "upgraded sessions did not close in time");
+    }
+}
+
+/// The first bytes of HTTP/2 with prior knowledge (RFC 9113, 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client speaks HTTP/2 (h2c) rather than HTTP/1.1, told from its first bytes,
+/// which stay in the socket for hyper to read. hyper-util's auto builder reads them instead
+/// and hands them back through a prefix, which made hyper's read buffer grow from 8 KB
+/// to 16 KB on every HTTP/1.1 connection, a stream's included. An HTTP/1.1 request differs
+/// from the preface by its second byte at the latest ("POST", "PUT", "GET").
+async fn speaks_h2(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 || first[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // The start of the preface and no more yet: the socket stays readable with those
+        // bytes in it, so peeking again at once would spin. The caller bounds the wait.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs one connection to its end: on shutdown, or after `idle` with no request in
+/// flight, it is asked to close gracefully (HTTP/2: a GOAWAY) and finishes what it has.
+async fn drive<C>(
+    connection: C,
+    graceful: fn(Pin<&mut C>),
+    activity: &Activity,
+    idle: Duration,
+    shutdown: &CancellationToken,
+    name: &'static str,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(name, %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            // Shutdown: finish what is in flight, take no more.
+            () = shutdown.cancelled(), if !closing => {
+                closing = true;
+                graceful(connection.as_mut());
+            }
+            () = activity.idle_for(idle), if !closing => {
+                tracing::debug!(name, %peer, "idle: closed");
+                closing = true;
+                graceful(connection.as_mut());
+            }
+        }
     }
 }
 
@@ -607,4 +664,74 @@ where
         let _ = finished.await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connected pair on loopback: (client, server side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    /// Waits until `n` bytes sit in the server side's receive queue, so the split between
+    /// the client's writes is what `speaks_h2` sees, not what the scheduler merged.
+    async fn queued(server: &TcpStream, n: usize) {
+        let mut buf = [0u8; 64];
+        while server.peek(&mut buf).await.unwrap() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_preface_that_arrives_in_pieces_is_http2() {
+        let (mut client, server) = pair().await;
+        client.write_all(&H2_PREFACE[..9]).await.unwrap();
+        queued(&server, 9).await;
+        let told = tokio::spawn(async move { (speaks_h2(&server).await.unwrap(), server) });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            !told.is_finished(),
+            "decided on 9 bytes that are the preface's start"
+        );
+        client.write_all(&H2_PREFACE[9..]).await.unwrap();
+        let (h2, mut server) = told.await.unwrap();
+        assert!(h2);
+        // Peeked, not read: hyper gets every byte.
+        let mut read = [0u8; 24];
+        server.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, H2_PREFACE);
+    }
+
+    #[tokio::test]
+    async fn an_http1_request_is_told_apart_by_its_second_byte_and_left_unread() {
+        let (mut client, server) = pair().await;
+        // "P" could begin the preface; "PO" cannot.
+        client.write_all(b"P").await.unwrap();
+        queued(&server, 1).await;
+        let told = tokio::spawn(async move { (speaks_h2(&server).await.unwrap(), server) });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            !told.is_finished(),
+            "decided on one byte the preface shares"
+        );
+        client.write_all(b"OST / HTTP/1.1\r\n").await.unwrap();
+        let (h2, mut server) = told.await.unwrap();
+        assert!(!h2);
+        let mut read = [0u8; 17];
+        server.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"POST / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_at_once_is_not_http2() {
+        let (client, server) = pair().await;
+        drop(client);
+        assert!(!speaks_h2(&server).await.unwrap());
+    }
 }
