@@ -183,10 +183,9 @@ impl App {
                 Some(traces.server_span(req.headers(), req.method().as_str(), uri.path()));
         }
         let result = match listener {
-            // Boxed: hyper keeps room for this future in every connection for the
-            // connection's life; the proxying's kilobytes of state are needed only until
-            // the response head, not while a stream flows or a connection idles.
-            Listener::Main => Box::pin(self.dispatch(inbound, req, &mut record)).await,
+            // Not boxed here: the server boxes the whole of a request's handling (see
+            // `server::serve_from`), freed once the response head is returned.
+            Listener::Main => self.dispatch(inbound, req, &mut record).await,
             Listener::Admin => self.admin(&inbound, req.method(), uri.path()),
         };
         let mut response = match result {
@@ -320,7 +319,9 @@ impl App {
             // Boxed, like the Redis round trip below: a relay's handshake state is ~15 KB,
             // and unboxed it sat in every request's future, copied with it at each move
             // (callgrind: +50% instructions a plain request, mostly memcpy).
-            return Box::pin(self.realtime(inbound, req, app.as_ref(), record)).await;
+            // Bound, then awaited: see `upstream::Client::send`.
+            let session = Box::pin(self.realtime(inbound, req, app.as_ref(), record));
+            return session.await;
         }
         let (mut parts, body) = req.into_parts();
         let uri = parts.uri.clone();
@@ -404,7 +405,11 @@ impl App {
             app.allows(client_model.as_deref())?;
             if app.has_quotas() {
                 let decided = match &self.shared {
-                    Some(shared) => Box::pin(app.admit_shared(prepared.tokens, shared)).await,
+                    Some(shared) => {
+                        // Bound, then awaited: see `upstream::Client::send`.
+                        let deciding = Box::pin(app.admit_shared(prepared.tokens, shared));
+                        deciding.await
+                    }
                     None => app.admit(prepared.tokens),
                 };
                 match decided {

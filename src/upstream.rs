@@ -128,7 +128,11 @@ impl Client {
         }
         // Boxed: connecting (TCP, TLS, handshake) takes kilobytes of future state, which
         // would otherwise sit in every request's future, each stream's included.
-        Box::pin(self.connect_and_send(pool, request)).await
+        // Bound first, awaited next: in one statement (`Box::pin(...).await`) the unboxed
+        // future stays a temporary of the statement, and the compiler keeps room for it in
+        // this future for the whole await, which undid the boxing (7 KB a request).
+        let connecting = Box::pin(self.connect_and_send(pool, request));
+        connecting.await
     }
 
     async fn connect_and_send(
