@@ -670,18 +670,52 @@ impl Record {
             response_model,
         } = ended;
         let elapsed = self.started.elapsed();
-        let telemetry = &self.telemetry;
-        let empty = &telemetry.empty_label;
         let status = if self.status == 0 {
             CLIENT_GONE
         } else {
             self.status
         };
+        // A stream's time to its first byte from Azure, in seconds.
+        let first_token = first_byte.filter(|_| self.stream).map(|first| {
+            first
+                .saturating_duration_since(self.started.into())
+                .as_secs_f64()
+        });
+        let app = self
+            .app
+            .clone()
+            .unwrap_or_else(|| self.telemetry.empty_label.clone());
+        self.count(status, elapsed, first_token, &app, usage);
+        if let Some(span) = self.span.take() {
+            self.end_span(span, &end, status, usage, response_model);
+        }
+        match &self.session {
+            Some(session) => {
+                self.telemetry.open_sessions.dec();
+                self.log_session(session, status, elapsed);
+            }
+            None => self.log(&end, status, elapsed, bytes, &app, usage),
+        }
+        self.permit = Permit::default();
+    }
+
+    /// The request's metrics: its count and duration, streams, tokens, the GenAI
+    /// metrics, and its row in `/usage`.
+    fn count(
+        &self,
+        status: u16,
+        elapsed: std::time::Duration,
+        first_token: Option<f64>,
+        app: &Arc<str>,
+        usage: Option<Usage>,
+    ) {
+        let telemetry = &self.telemetry;
+        let empty = &telemetry.empty_label;
         telemetry
             .requests
             .get_or_create(&RequestLabels {
                 route: self.route,
-                app: self.app.clone().unwrap_or_else(|| empty.clone()),
+                app: app.clone(),
                 deployment: self
                     .deployment_label
                     .clone()
@@ -697,133 +731,159 @@ impl Record {
         telemetry.in_flight.dec();
         if self.stream {
             telemetry.open_streams.dec();
-            if let Some(first) = first_byte {
+            if let Some(first) = first_token {
                 telemetry
                     .first_token
                     .get_or_create(&RouteLabels { route: self.route })
-                    .observe(
-                        first
-                            .saturating_duration_since(self.started.into())
-                            .as_secs_f64(),
-                    );
+                    .observe(first);
             }
         }
-        let app = self.app.clone().unwrap_or_else(|| empty.clone());
-        if let Some(deployment) = &self.deployment_label {
-            if let Some(u) = usage {
-                for (kind, n) in [
-                    ("prompt", u.prompt),
-                    ("completion", u.completion),
-                    ("cached", u.cached),
-                    ("reasoning", u.reasoning),
-                ] {
-                    if n > 0 {
-                        telemetry
-                            .tokens
-                            .get_or_create(&TokenUseLabels {
-                                app: app.clone(),
-                                deployment: deployment.clone(),
-                                kind,
-                            })
-                            .inc_by(n);
-                    }
+        let Some(deployment) = &self.deployment_label else {
+            return;
+        };
+        if let Some(u) = usage {
+            for (kind, n) in [
+                ("prompt", u.prompt),
+                ("completion", u.completion),
+                ("cached", u.cached),
+                ("reasoning", u.reasoning),
+            ] {
+                if n > 0 {
+                    telemetry
+                        .tokens
+                        .get_or_create(&TokenUseLabels {
+                            app: app.clone(),
+                            deployment: deployment.clone(),
+                            kind,
+                        })
+                        .inc_by(n);
                 }
             }
-            let model = self
-                .model_label
-                .clone()
-                .unwrap_or_else(|| deployment.clone());
-            if let Some(operation) = self.operation.filter(|op| *op != "other") {
-                let labels = GenAiLabels {
-                    gen_ai_operation_name: operation,
-                    gen_ai_provider_name: crate::otel::names::AZURE_OPENAI,
-                    gen_ai_request_model: model.clone(),
-                };
-                let gen_ai = &telemetry.gen_ai;
+        }
+        let model = self
+            .model_label
+            .clone()
+            .unwrap_or_else(|| deployment.clone());
+        if let Some(operation) = self.operation.filter(|op| *op != "other") {
+            self.count_gen_ai(operation, &model, elapsed, first_token, usage);
+        }
+        telemetry
+            .usage
+            .add((app.clone(), deployment.clone(), model), usage);
+    }
+
+    /// The GenAI conventions' metrics: operation duration, time to first token, tokens.
+    fn count_gen_ai(
+        &self,
+        operation: &'static str,
+        model: &Arc<str>,
+        elapsed: std::time::Duration,
+        first_token: Option<f64>,
+        usage: Option<Usage>,
+    ) {
+        let labels = GenAiLabels {
+            gen_ai_operation_name: operation,
+            gen_ai_provider_name: crate::otel::names::AZURE_OPENAI,
+            gen_ai_request_model: model.clone(),
+        };
+        let gen_ai = &self.telemetry.gen_ai;
+        gen_ai
+            .operation_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if let Some(first) = first_token {
+            gen_ai
+                .time_to_first_token
+                .get_or_create(&labels)
+                .observe(first);
+        }
+        if let Some(u) = usage {
+            for (kind, n) in [("input", u.prompt), ("output", u.completion)] {
                 gen_ai
-                    .operation_duration
-                    .get_or_create(&labels)
-                    .observe(elapsed.as_secs_f64());
-                if let (true, Some(first)) = (self.stream, first_byte) {
-                    gen_ai.time_to_first_token.get_or_create(&labels).observe(
-                        first
-                            .saturating_duration_since(self.started.into())
-                            .as_secs_f64(),
-                    );
-                }
-                if let Some(u) = usage {
-                    for (kind, n) in [("input", u.prompt), ("output", u.completion)] {
-                        gen_ai
-                            .token_usage
-                            .get_or_create(&GenAiTokenLabels {
-                                gen_ai_operation_name: operation,
-                                gen_ai_provider_name: crate::otel::names::AZURE_OPENAI,
-                                gen_ai_request_model: model.clone(),
-                                gen_ai_token_type: kind,
-                            })
-                            .observe(n as f64);
-                    }
-                }
+                    .token_usage
+                    .get_or_create(&GenAiTokenLabels {
+                        gen_ai_operation_name: operation,
+                        gen_ai_provider_name: crate::otel::names::AZURE_OPENAI,
+                        gen_ai_request_model: model.clone(),
+                        gen_ai_token_type: kind,
+                    })
+                    .observe(n as f64);
             }
-            telemetry
-                .usage
-                .add((app.clone(), deployment.clone(), model), usage);
         }
-        if let Some(span) = self.span.take() {
-            let error = match &end {
-                End::Failed(_) => Some("stream_failed".to_owned()),
-                End::ClientGone if status == CLIENT_GONE => Some("client_gone".to_owned()),
-                _ if status >= 400 => Some(status.to_string()),
-                _ => None,
-            };
-            span.end(crate::otel::Outcome {
-                operation: self.operation.unwrap_or("other"),
-                request_model: self.request_model.take(),
-                response_model,
-                deployment: self.deployment.as_ref(),
-                backend: self.backend.as_ref(),
-                app: self.app.as_ref(),
-                status,
-                error: error.as_deref(),
-                usage,
-                apim_request_id: self.upstream_request_id.as_deref(),
-                region: self.region.take(),
-            });
-        }
+    }
+
+    /// Ends the request's trace span with its outcome.
+    fn end_span(
+        &mut self,
+        span: crate::otel::ServerSpan,
+        end: &End,
+        status: u16,
+        usage: Option<Usage>,
+        response_model: Option<String>,
+    ) {
+        let error = match end {
+            End::Failed(_) => Some("stream_failed".to_owned()),
+            End::ClientGone if status == CLIENT_GONE => Some("client_gone".to_owned()),
+            _ if status >= 400 => Some(status.to_string()),
+            _ => None,
+        };
+        span.end(crate::otel::Outcome {
+            operation: self.operation.unwrap_or("other"),
+            request_model: self.request_model.take(),
+            response_model,
+            deployment: self.deployment.as_ref(),
+            backend: self.backend.as_ref(),
+            app: self.app.as_ref(),
+            status,
+            error: error.as_deref(),
+            usage,
+            apim_request_id: self.upstream_request_id.as_deref(),
+            region: self.region.take(),
+        });
+    }
+
+    /// A realtime session's log line.
+    fn log_session(&self, session: &SessionStats, status: u16, elapsed: std::time::Duration) {
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        let request_id = self.request_id.to_str().unwrap_or("-");
+        tracing::info!(
+            route = self.route,
+            path = self.path.as_str(),
+            deployment = self.deployment.as_deref().unwrap_or("-"),
+            backend = self.backend.as_deref().unwrap_or("-"),
+            status,
+            duration_ms,
+            bytes_from_client = session.bytes_from_client,
+            bytes_to_client = session.bytes_to_client,
+            close_code = session.close_code,
+            closed_by = session.closed_by,
+            request_id,
+            upstream_request_id = self.upstream_request_id.as_deref().unwrap_or("-"),
+            "realtime session"
+        );
+    }
+
+    /// The request's log line: debug for probes, warn for a failed or cut stream.
+    fn log(
+        &self,
+        end: &End,
+        status: u16,
+        elapsed: std::time::Duration,
+        bytes: u64,
+        app: &str,
+        usage: Option<Usage>,
+    ) {
         let u = usage.unwrap_or_default();
         let (prompt_tokens, completion_tokens, total_tokens) = (u.prompt, u.completion, u.total);
         let (cached_tokens, reasoning_tokens) = (u.cached, u.reasoning);
-        let app = &*app;
-        if let Some(session) = &self.session {
-            telemetry.open_sessions.dec();
-            let duration_ms = elapsed.as_secs_f64() * 1000.0;
-            let request_id = self.request_id.to_str().unwrap_or("-");
-            tracing::info!(
-                route = self.route,
-                path = self.path.as_str(),
-                deployment = self.deployment.as_deref().unwrap_or("-"),
-                backend = self.backend.as_deref().unwrap_or("-"),
-                status,
-                duration_ms,
-                bytes_from_client = session.bytes_from_client,
-                bytes_to_client = session.bytes_to_client,
-                close_code = session.close_code,
-                closed_by = session.closed_by,
-                request_id,
-                upstream_request_id = self.upstream_request_id.as_deref().unwrap_or("-"),
-                "realtime session"
-            );
-            self.permit = Permit::default();
-            return;
-        }
         let cut = self.cut.as_ref().is_some_and(|t| t.is_cancelled());
-        let outcome = match &end {
+        let outcome = match end {
             End::Complete => "complete",
             End::Failed(_) => "upstream_failed",
             End::ClientGone if cut => "shutdown",
             End::ClientGone => "client_gone",
         };
-        let error = match &end {
+        let error = match end {
             End::Failed(e) => e.as_str(),
             _ => self.error.as_deref().unwrap_or(""),
         };
@@ -853,7 +913,6 @@ impl Record {
                 "request"
             );
         }
-        self.permit = Permit::default();
     }
 }
 
