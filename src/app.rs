@@ -663,29 +663,15 @@ impl App {
                 .await
                 .map_err(|e| Error::NoToken(e.to_string()))?;
 
-            let mut request = Request::new(body);
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = uri;
-            // hyper's client picks HTTP/2 itself through ALPN; a request marked HTTP/2 (from
-            // an h2c client) would be refused on an HTTP/1.1 connection.
-            *request.version_mut() = Version::HTTP_11;
-            // Kept for a replay only when one can happen.
-            *request.headers_mut() = if prepared.replayable() {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
-            rewrite::request_headers(request.headers_mut(), authorization.clone());
-            if carries_usage(op) {
-                // The usage scan reads the answer's bytes: they must come uncompressed
-                // (the client's leg is loopback or a cluster network, where gzip buys
-                // little).
-                request.headers_mut().remove(header::ACCEPT_ENCODING);
-            }
-            if let Some(len) = new_len {
-                rewrite::set_content_length(request.headers_mut(), len);
-            }
-
+            let mut request = upstream_request(
+                parts,
+                body,
+                uri,
+                authorization.clone(),
+                new_len,
+                carries_usage(op),
+                prepared.replayable(),
+            );
             attempts.sending();
             let attempt_span = record.span.as_ref().map(|span| {
                 let attempt = span.attempt(
@@ -708,33 +694,7 @@ impl App {
             } else {
                 tokio::time::timeout(timeout, self.client.request(request)).await
             };
-            let (answer, reply) = match sent {
-                Ok(Ok((response, lease))) => {
-                    self.telemetry
-                        .upstream_head
-                        .get_or_create(&BackendLabels {
-                            backend: backend.label.clone(),
-                        })
-                        .observe(sent_at.elapsed().as_secs_f64());
-                    let reply = Reply::Head {
-                        status: response.status(),
-                        asked: retry::azure_wait(response.headers(), SystemTime::now()),
-                    };
-                    (Ok((response, lease)), reply)
-                }
-                Ok(Err(e)) => {
-                    let why = match e {
-                        SendError::Connect { .. } | SendError::NotAbsolute(_) => NoHead::NotSent,
-                        SendError::Http(_) => NoHead::MaybeDelivered,
-                    };
-                    let error = Error::UpstreamUnreachable(crate::error::chain_text(&e));
-                    (Err(error), Reply::NoHead(why))
-                }
-                Err(_) => (
-                    Err(Error::UpstreamTimeout(timeout)),
-                    Reply::NoHead(NoHead::TimedOut),
-                ),
-            };
+            let (answer, reply) = self.read_reply(sent, backend, sent_at, timeout);
             if let Some(attempt) = attempt_span {
                 match &answer {
                     Ok((response, _)) => attempt.end(Some(response.status().as_u16()), None),
@@ -794,20 +754,7 @@ impl App {
                         tracing::info!(backend = %backend.name, status = response.status().as_u16(), ?health, attempt = attempts.made(), "Azure refused; passing its answer on");
                     }
                     record.permit = permit;
-                    let tap = (response.status().is_success()
-                        && parts.method == Method::POST
-                        && carries_usage(op))
-                    .then(|| {
-                        let mut tap = Tap::new(destination.remove_usage_frame);
-                        if record.span.is_some() {
-                            tap = tap.reading_model();
-                        }
-                        if op == "responses" {
-                            tap.learning(Learner::new(self.affinity.clone(), backend.clone()))
-                        } else {
-                            tap
-                        }
-                    });
+                    let tap = self.tap_for(&response, &parts.method, &destination, backend, record);
                     return Ok(self.respond(response, lease, tap));
                 }
                 (_, Err(error)) => {
@@ -816,6 +763,70 @@ impl App {
                 }
             }
         }
+    }
+
+    /// What one attempt's send came to: Azure's head (timed), or why there is none, and
+    /// the attempt loop's view of it.
+    fn read_reply(
+        &self,
+        sent: Result<Result<(Response<Incoming>, Lease), SendError>, tokio::time::error::Elapsed>,
+        backend: &Backend,
+        sent_at: Instant,
+        timeout: std::time::Duration,
+    ) -> (Result<(Response<Incoming>, Lease), Error>, Reply) {
+        match sent {
+            Ok(Ok((response, lease))) => {
+                self.telemetry
+                    .upstream_head
+                    .get_or_create(&BackendLabels {
+                        backend: backend.label.clone(),
+                    })
+                    .observe(sent_at.elapsed().as_secs_f64());
+                let reply = Reply::Head {
+                    status: response.status(),
+                    asked: retry::azure_wait(response.headers(), SystemTime::now()),
+                };
+                (Ok((response, lease)), reply)
+            }
+            Ok(Err(e)) => {
+                let why = match e {
+                    SendError::Connect { .. } | SendError::NotAbsolute(_) => NoHead::NotSent,
+                    SendError::Http(_) => NoHead::MaybeDelivered,
+                };
+                let error = Error::UpstreamUnreachable(crate::error::chain_text(&e));
+                (Err(error), Reply::NoHead(why))
+            }
+            Err(_) => (
+                Err(Error::UpstreamTimeout(timeout)),
+                Reply::NoHead(NoHead::TimedOut),
+            ),
+        }
+    }
+
+    /// The scan over a successful answer's bytes, for the operations whose answers carry
+    /// usage: usage (and the model, when tracing), the frame keyless asked for taken out,
+    /// and a stored response's id learned for affinity.
+    fn tap_for(
+        &self,
+        response: &Response<Incoming>,
+        method: &Method,
+        destination: &Destination<'_>,
+        backend: &Backend,
+        record: &Record,
+    ) -> Option<Tap> {
+        let op = destination.route.op;
+        if !(response.status().is_success() && *method == Method::POST && carries_usage(op)) {
+            return None;
+        }
+        let mut tap = Tap::new(destination.remove_usage_frame);
+        if record.span.is_some() {
+            tap = tap.reading_model();
+        }
+        Some(if op == "responses" {
+            tap.learning(Learner::new(self.affinity.clone(), backend.clone()))
+        } else {
+            tap
+        })
     }
 
     /// Passes the request through the backend's limiter, counting a refusal.
@@ -1005,6 +1016,41 @@ fn attempts_value(attempts: u32) -> HeaderValue {
         Some(text) => HeaderValue::from_static(text),
         None => HeaderValue::from(attempts),
     }
+}
+
+/// One attempt's request to Azure: the client's method and headers (kept for a replay
+/// only when one can happen), the Azure URI, the Entra token, and the body's new length
+/// when keyless rewrote it.
+fn upstream_request(
+    parts: &mut http::request::Parts,
+    body: crate::body::Body,
+    uri: Uri,
+    authorization: HeaderValue,
+    new_len: Option<usize>,
+    scans_usage: bool,
+    replayable: bool,
+) -> Request<crate::body::Body> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    // hyper's client picks HTTP/2 itself through ALPN; a request marked HTTP/2 (from an
+    // h2c client) would be refused on an HTTP/1.1 connection.
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = if replayable {
+        parts.headers.clone()
+    } else {
+        std::mem::take(&mut parts.headers)
+    };
+    rewrite::request_headers(request.headers_mut(), authorization);
+    if scans_usage {
+        // The usage scan reads the answer's bytes: they must come uncompressed (the
+        // client's leg is loopback or a cluster network, where gzip buys little).
+        request.headers_mut().remove(header::ACCEPT_ENCODING);
+    }
+    if let Some(len) = new_len {
+        rewrite::set_content_length(request.headers_mut(), len);
+    }
+    request
 }
 
 /// Whether answers to this operation carry a `usage` object worth counting.
