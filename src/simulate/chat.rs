@@ -190,27 +190,14 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
         );
     }
 
-    // Prompt tokens, with OpenAI's framing; tool definitions count as their JSON text.
     let texts: Vec<Vec<String>> = messages.iter().map(Message::texts).collect();
-    let mut prompt_tokens =
-        tokens::count_messages(messages.iter().zip(&texts).map(|(m, t)| MessageText {
-            role: m.role(),
-            texts: t.iter().map(String::as_str).collect(),
-            named: m.name.is_some(),
-        }));
     let tools: Vec<&Function> = request
         .tools
         .iter()
         .flatten()
         .filter_map(|tool| tool.function.as_ref())
         .collect();
-    for function in &tools {
-        prompt_tokens += tokens::count(&function.name)
-            + function
-                .parameters
-                .as_ref()
-                .map_or(0, |p| tokens::count(&p.to_string()));
-    }
+    let prompt_tokens = prompt_tokens(messages, &texts, &tools);
     let max_tokens = request.max_completion_tokens.or(request.max_tokens);
     let window = context_window(model);
     // Saturating: `max_tokens` is the client's number, up to u64::MAX.
@@ -219,8 +206,72 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
         return errors::context_length_exceeded(window, needed);
     }
 
-    let last = messages.last();
-    let last_role = last.map(Message::role).unwrap_or("");
+    let (answer, finish) = answer(&request, &texts, &tools, knobs, max_tokens);
+    let usage = Usage {
+        prompt: prompt_tokens,
+        completion: answer.tokens() * n,
+    };
+    let streamed = request.stream.unwrap_or(false);
+    let common = common_fields(model, streamed);
+    let reply = Reply {
+        answer: &answer,
+        finish,
+        n: n as usize,
+        logprobs: request
+            .logprobs
+            .unwrap_or(false)
+            .then(|| request.top_logprobs.unwrap_or(0).min(20) as usize),
+        common: &common,
+        usage: &usage,
+    };
+    if !streamed {
+        knobs.pause().await;
+        return json_response(StatusCode::OK, Bytes::from(reply.json()));
+    }
+    let include_usage = request
+        .stream_options
+        .and_then(|options| options.include_usage)
+        .unwrap_or(false);
+    sse_response(
+        reply.frames(knobs.chunks, include_usage),
+        knobs.delay,
+        1 + usize::from(include_usage),
+    )
+}
+
+/// Prompt tokens, with OpenAI's framing; tool definitions count as their JSON text.
+fn prompt_tokens(messages: &[Message<'_>], texts: &[Vec<String>], tools: &[&Function]) -> u64 {
+    let mut prompt_tokens =
+        tokens::count_messages(messages.iter().zip(texts).map(|(m, t)| MessageText {
+            role: m.role(),
+            texts: t.iter().map(String::as_str).collect(),
+            named: m.name.is_some(),
+        }));
+    for function in tools {
+        prompt_tokens += tokens::count(&function.name)
+            + function
+                .parameters
+                .as_ref()
+                .map_or(0, |p| tokens::count(&p.to_string()));
+    }
+    prompt_tokens
+}
+
+/// What the choices say (see the module's notes) and their `finish_reason`: cut at the
+/// first stop sequence and to `max_tokens`, so streamed and non-streamed answers agree.
+fn answer(
+    request: &ChatRequest<'_>,
+    texts: &[Vec<String>],
+    tools: &[&Function],
+    knobs: &super::Knobs,
+    max_tokens: Option<u64>,
+) -> (Answer, &'static str) {
+    let last_role = request
+        .messages
+        .as_deref()
+        .and_then(<[Message<'_>]>::last)
+        .map(Message::role)
+        .unwrap_or("");
     let tool_result = matches!(last_role, "tool" | "function");
     let (answer, forced) = if tool_result {
         let result = texts.last().map(|t| t.join(" ")).unwrap_or_default();
@@ -230,7 +281,7 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
         };
         (Answer::Text(text), false)
     } else if let Some((function, forced)) =
-        chosen_tool(&tools, request.tool_choice.as_ref()).filter(|_| last_role == "user")
+        chosen_tool(tools, request.tool_choice.as_ref()).filter(|_| last_role == "user")
     {
         let arguments = function
             .parameters
@@ -245,10 +296,8 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
             forced,
         )
     } else {
-        (Answer::Text(text_answer(&request, knobs)), false)
+        (Answer::Text(text_answer(request, knobs)), false)
     };
-
-    // The answer is what the content frames carry, so streamed and non-streamed agree.
     let mut finish = match (&answer, forced) {
         (Answer::ToolCall { .. }, false) => "tool_calls",
         _ => "stop",
@@ -266,24 +315,24 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
         }
         call => call,
     };
-    let completion_tokens = match &answer {
-        Answer::Text(text) => tokens::count(text),
-        Answer::ToolCall {
-            name, arguments, ..
-        } => tokens::count(name) + tokens::count(arguments) + 3,
-    };
-    let usage = Usage {
-        prompt: prompt_tokens,
-        completion: completion_tokens * n,
-    };
-    let logprobs = request
-        .logprobs
-        .unwrap_or(false)
-        .then(|| request.top_logprobs.unwrap_or(0).min(20) as usize);
+    (answer, finish)
+}
 
-    // `,"created":..,"id":..,"model":..,"object":..,"system_fingerprint":..`: what every
-    // frame after the first repeats (Azure orders keys alphabetically).
-    let streamed = request.stream.unwrap_or(false);
+impl Answer {
+    /// The completion tokens of one choice.
+    fn tokens(&self) -> u64 {
+        match self {
+            Answer::Text(text) => tokens::count(text),
+            Answer::ToolCall {
+                name, arguments, ..
+            } => tokens::count(name) + tokens::count(arguments) + 3,
+        }
+    }
+}
+
+/// `,"created":..,"id":..,"model":..,"object":..,"system_fingerprint":..`: what every
+/// frame after the first repeats (Azure orders keys alphabetically).
+fn common_fields(model: &str, streamed: bool) -> String {
     let mut common = String::with_capacity(128 + model.len());
     let _ = write!(
         common,
@@ -297,12 +346,29 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
     } else {
         r#","object":"chat.completion","system_fingerprint":"fp_sim""#
     });
+    common
+}
 
-    if !streamed {
-        knobs.pause().await;
-        let mut out = String::with_capacity(1024 + common.len());
+/// An answer decided, to be written as one JSON body or as SSE frames.
+struct Reply<'a> {
+    answer: &'a Answer,
+    finish: &'static str,
+    /// Choices.
+    n: usize,
+    /// `top_logprobs` when `logprobs` was asked for.
+    logprobs: Option<usize>,
+    /// [`common_fields`].
+    common: &'a str,
+    usage: &'a Usage,
+}
+
+impl Reply<'_> {
+    /// The `chat.completion` object.
+    fn json(&self) -> String {
+        let (answer, finish) = (self.answer, self.finish);
+        let mut out = String::with_capacity(1024 + self.common.len());
         out.push_str(r#"{"choices":["#);
-        for index in 0..n {
+        for index in 0..self.n {
             if index > 0 {
                 out.push(',');
             }
@@ -311,7 +377,7 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
                 out,
                 r#","finish_reason":"{finish}","index":{index},"logprobs":"#
             );
-            match (&answer, logprobs) {
+            match (answer, self.logprobs) {
                 (Answer::Text(text), Some(top)) => {
                     let content: Vec<Value> =
                         token_logprobs(text, top).iter().map(strip_offset).collect();
@@ -320,7 +386,7 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
                 _ => out.push_str("null"),
             }
             out.push_str(r#","message":{"annotations":[],"content":"#);
-            match &answer {
+            match answer {
                 Answer::Text(text) => {
                     push_json_str(&mut out, text);
                     out.push_str(r#","refusal":null,"role":"assistant"}}"#);
@@ -339,139 +405,144 @@ pub(super) async fn completions(deployment: Option<&str>, call: &Call<'_>) -> Re
             }
         }
         out.push(']');
-        out.push_str(&common);
+        out.push_str(self.common);
         out.push_str(concat!(
             r#","prompt_filter_results":"#,
             prompt_filter_results!()
         ));
         out.push_str(r#","usage":"#);
-        usage.push_json(&mut out);
+        self.usage.push_json(&mut out);
         out.push('}');
-        return json_response(StatusCode::OK, Bytes::from(out));
+        out
     }
 
-    let include_usage = request
-        .stream_options
-        .and_then(|options| options.include_usage)
-        .unwrap_or(false);
-    // With `include_usage`, OpenAI and Azure put `"usage":null` on every chunk but the last.
-    let close = if include_usage {
-        ",\"usage\":null}\n\n"
-    } else {
-        "}\n\n"
-    };
-    let pieces = match (&answer, logprobs) {
-        // With logprobs, frames break between tokens, so each frame's logprobs spell its text.
-        (Answer::Text(text), Some(_)) => {
-            // A token that ends inside a character is no place to break.
-            let mut starts = vec![0];
-            let mut offset = 0;
-            for piece in tokens::pieces(text) {
-                offset += piece.len();
-                if offset < text.len() && text.is_char_boundary(offset) {
-                    starts.push(offset);
+    /// The `chat.completion.chunk` frames: Azure's prompt verdict, for each choice its
+    /// role, its content in `chunks` pieces and its finish, then the usage frame when
+    /// asked for, then `[DONE]`.
+    fn frames(&self, chunks: usize, include_usage: bool) -> Vec<Bytes> {
+        let answer = self.answer;
+        // With `include_usage`, OpenAI and Azure put `"usage":null` on every chunk but the
+        // last.
+        let close = if include_usage {
+            ",\"usage\":null}\n\n"
+        } else {
+            "}\n\n"
+        };
+        let pieces = match (answer, self.logprobs) {
+            // With logprobs, frames break between tokens, so each frame's logprobs spell
+            // its text.
+            (Answer::Text(text), Some(_)) => {
+                // A token that ends inside a character is no place to break.
+                let mut starts = vec![0];
+                let mut offset = 0;
+                for piece in tokens::pieces(text) {
+                    offset += piece.len();
+                    if offset < text.len() && text.is_char_boundary(offset) {
+                        starts.push(offset);
+                    }
                 }
+                split_at(text, &starts, chunks)
             }
-            split_at(text, &starts, knobs.chunks)
-        }
-        (Answer::Text(text), None) => split(text, knobs.chunks),
-        (Answer::ToolCall { arguments, .. }, _) => split(arguments, knobs.chunks),
-    };
-    let n = n as usize;
-    let mut frames = FrameWriter::new(
-        (pieces.len() + 2) * n + 3,
-        (pieces.len() + 4) * n * (300 + common.len()),
-    );
-    frames.buf.push_str(FIRST_FRAME);
-    frames.end();
-    // Azure annotates the frames that carry generated text with the filter's verdict; the
-    // role and finish frames get an empty one.
-    let frame = |buf: &mut FrameWriter,
-                 index: usize,
-                 delta: &str,
-                 finish: Option<&str>,
-                 lp: &str,
-                 annotated: bool| {
-        buf.buf
-            .push_str(r#"data: {"choices":[{"content_filter_results":"#);
-        buf.buf
-            .push_str(if annotated { filter_safe!() } else { "{}" });
-        let _ = write!(buf.buf, r#","delta":{delta},"finish_reason":"#);
-        match finish {
-            Some(finish) => {
-                let _ = write!(buf.buf, r#""{finish}""#);
-            }
-            None => buf.buf.push_str("null"),
-        }
-        let _ = write!(buf.buf, r#","index":{index},"logprobs":{lp}}}]"#);
-        buf.buf.push_str(&common);
-        buf.buf.push_str(close);
-        buf.end();
-    };
-    for index in 0..n {
-        match &answer {
-            Answer::Text(text) => {
-                frame(
-                    &mut frames,
-                    index,
-                    r#"{"content":"","refusal":null,"role":"assistant"}"#,
-                    None,
-                    "null",
-                    false,
-                );
-                let token_offsets = logprobs.map(|top| (top, token_logprobs(text, top)));
-                let mut next_token = 0;
-                for piece in &pieces {
-                    let mut delta = String::from(r#"{"content":"#);
-                    push_json_str(&mut delta, &text[piece.clone()]);
-                    delta.push('}');
-                    let lp = match &token_offsets {
-                        Some((_, all)) => {
-                            // The tokens that start inside this piece.
-                            let mut mine = Vec::new();
-                            while let Some(entry) = all.get(next_token) {
-                                if entry["offset"].as_u64().unwrap_or(0) as usize >= piece.end {
-                                    break;
-                                }
-                                mine.push(strip_offset(entry));
-                                next_token += 1;
-                            }
-                            json!({"content": mine, "refusal": null}).to_string()
-                        }
-                        None => "null".to_owned(),
-                    };
-                    frame(&mut frames, index, &delta, None, &lp, true);
-                }
-            }
-            Answer::ToolCall {
-                id,
-                name,
-                arguments,
-            } => {
-                let head = json!({
-                    "content": null, "refusal": null, "role": "assistant",
-                    "tool_calls": [{"function": {"arguments": "", "name": name}, "id": id, "index": 0, "type": "function"}],
-                });
-                frame(&mut frames, index, &head.to_string(), None, "null", false);
-                for piece in &pieces {
-                    let delta = json!({"tool_calls": [{"function": {"arguments": &arguments[piece.clone()]}, "index": 0}]});
-                    frame(&mut frames, index, &delta.to_string(), None, "null", true);
-                }
-            }
-        }
-        frame(&mut frames, index, "{}", Some(finish), "null", false);
-    }
-    if include_usage {
-        frames.buf.push_str(USAGE_FRAME);
-        frames.buf.push_str(&common);
-        frames.buf.push_str(r#","usage":"#);
-        usage.push_json(&mut frames.buf);
-        frames.buf.push_str("}\n\n");
+            (Answer::Text(text), None) => split(text, chunks),
+            (Answer::ToolCall { arguments, .. }, _) => split(arguments, chunks),
+        };
+        let n = self.n;
+        let common = self.common;
+        let mut frames = FrameWriter::new(
+            (pieces.len() + 2) * n + 3,
+            (pieces.len() + 4) * n * (300 + common.len()),
+        );
+        frames.buf.push_str(FIRST_FRAME);
         frames.end();
+        // Azure annotates the frames that carry generated text with the filter's verdict;
+        // the role and finish frames get an empty one.
+        let frame = |buf: &mut FrameWriter,
+                     index: usize,
+                     delta: &str,
+                     finish: Option<&str>,
+                     lp: &str,
+                     annotated: bool| {
+            buf.buf
+                .push_str(r#"data: {"choices":[{"content_filter_results":"#);
+            buf.buf
+                .push_str(if annotated { filter_safe!() } else { "{}" });
+            let _ = write!(buf.buf, r#","delta":{delta},"finish_reason":"#);
+            match finish {
+                Some(finish) => {
+                    let _ = write!(buf.buf, r#""{finish}""#);
+                }
+                None => buf.buf.push_str("null"),
+            }
+            let _ = write!(buf.buf, r#","index":{index},"logprobs":{lp}}}]"#);
+            buf.buf.push_str(common);
+            buf.buf.push_str(close);
+            buf.end();
+        };
+        for index in 0..n {
+            match answer {
+                Answer::Text(text) => {
+                    frame(
+                        &mut frames,
+                        index,
+                        r#"{"content":"","refusal":null,"role":"assistant"}"#,
+                        None,
+                        "null",
+                        false,
+                    );
+                    let token_offsets = self.logprobs.map(|top| (top, token_logprobs(text, top)));
+                    let mut next_token = 0;
+                    for piece in &pieces {
+                        let mut delta = String::from(r#"{"content":"#);
+                        push_json_str(&mut delta, &text[piece.clone()]);
+                        delta.push('}');
+                        let lp = match &token_offsets {
+                            Some((_, all)) => {
+                                // The tokens that start inside this piece.
+                                let mut mine = Vec::new();
+                                while let Some(entry) = all.get(next_token) {
+                                    if entry["offset"].as_u64().unwrap_or(0) as usize >= piece.end {
+                                        break;
+                                    }
+                                    mine.push(strip_offset(entry));
+                                    next_token += 1;
+                                }
+                                json!({"content": mine, "refusal": null}).to_string()
+                            }
+                            None => "null".to_owned(),
+                        };
+                        frame(&mut frames, index, &delta, None, &lp, true);
+                    }
+                }
+                Answer::ToolCall {
+                    id,
+                    name,
+                    arguments,
+                } => {
+                    let head = json!({
+                        "content": null, "refusal": null, "role": "assistant",
+                        "tool_calls": [{"function": {"arguments": "", "name": name}, "id": id, "index": 0, "type": "function"}],
+                    });
+                    frame(&mut frames, index, &head.to_string(), None, "null", false);
+                    for piece in &pieces {
+                        let delta = json!({"tool_calls": [{"function": {"arguments": &arguments[piece.clone()]}, "index": 0}]});
+                        frame(&mut frames, index, &delta.to_string(), None, "null", true);
+                    }
+                }
+            }
+            frame(&mut frames, index, "{}", Some(self.finish), "null", false);
+        }
+        if include_usage {
+            frames.buf.push_str(USAGE_FRAME);
+            frames.buf.push_str(common);
+            frames.buf.push_str(r#","usage":"#);
+            self.usage.push_json(&mut frames.buf);
+            frames.buf.push_str("}\n\n");
+            frames.end();
+        }
+        frames.buf.push_str(DONE_FRAME);
+        frames.end();
+        frames.finish()
     }
-    frames.buf.push_str(DONE_FRAME);
-    frames.end();
-    sse_response(frames.finish(), knobs.delay, 1 + usize::from(include_usage))
 }
 
 /// The text of an answer that is neither a tool call nor about a tool result.

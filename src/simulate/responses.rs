@@ -102,57 +102,7 @@ pub(super) async fn create(req: &Call<'_>) -> Response<Body> {
             .sum::<u64>()
         + 3 * input_items.len() as u64;
 
-    // A function call when the request has function tools and the user spoke last; text
-    // quoting the output when the last item is a function's output (the tool loop's end).
-    let last = input_items.last();
-    let last_type = last.and_then(|i| i.get("type")).and_then(Value::as_str);
-    let user_last = last_type == Some("message")
-        && last.and_then(|i| i.get("role")).and_then(Value::as_str) == Some("user");
-    let call = chosen_function(
-        request.tools.as_deref().unwrap_or(&[]),
-        request.tool_choice.as_ref(),
-    )
-    .filter(|_| user_last);
-    let format = request.text.as_ref().and_then(|t| t.get("format"));
-    let content = match (
-        &knobs.reply,
-        format.and_then(|f| f.get("type")).and_then(Value::as_str),
-    ) {
-        (Some(reply), _) => reply.clone(),
-        (None, Some("json_schema")) => {
-            let schema = format
-                .and_then(|f| f.get("schema"))
-                .cloned()
-                .unwrap_or_else(|| json!({"type": "object"}));
-            super::schema::generate(&schema).to_string()
-        }
-        (None, _) if last_type == Some("function_call_output") => format!(
-            "The tool returned: {}",
-            last.and_then(|i| i.get("output"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-        ),
-        (None, Some("json_object")) => json!({"reply": knobs.reply()}).to_string(),
-        (None, _) => knobs.reply().to_owned(),
-    };
-    // `max_output_tokens` cuts the text; the response is then `incomplete`, as Azure's is.
-    let (content, status) = match request
-        .max_output_tokens
-        .filter(|_| call.is_none())
-        .and_then(|max| tokens::truncate(&content, max))
-    {
-        Some(cut) => (cut, "incomplete"),
-        None => (content, "completed"),
-    };
-    let call = call.map(|(name, parameters)| FunctionCall {
-        id: random_id("fc_", 48),
-        call_id: random_id("call_", 24),
-        name: name.to_owned(),
-        arguments: parameters
-            .map_or_else(|| json!({}), super::schema::generate)
-            .to_string(),
-    });
-
+    let (content, status, call) = decide(&request, &input_items, knobs);
     let (pieces, output_tokens) = match &call {
         Some(call) => (
             split(&call.arguments, knobs.chunks),
@@ -236,10 +186,106 @@ pub(super) async fn create(req: &Call<'_>) -> Response<Body> {
         return json_response(StatusCode::OK, Bytes::from(completed.to_string()));
     }
     let in_progress = shell.build("in_progress", json!([]), Value::Null);
+    let last_event = if status == "incomplete" {
+        // A cut response ends with `response.incomplete`, as OpenAI's stream does.
+        "response.incomplete"
+    } else {
+        "response.completed"
+    };
+    let frames = stream_events(
+        &in_progress,
+        call.as_ref(),
+        &item_id,
+        &content,
+        pieces,
+        [&part, &item],
+        (last_event, &completed),
+    );
+    // A streamed background response can be streamed again from any event
+    // (`GET responses/{id}?stream=true&starting_after=N`): keep its frames.
+    if background && store {
+        if let Some(stored) = req.state.store.lock().responses.get_mut(&shell.id) {
+            stored.events = Some(frames.clone());
+        }
+    }
+    sse_response(frames, knobs.delay, 0)
+}
+
+/// What the response says, whether it was cut (`incomplete`), and the function it calls:
+/// a function call when the request has function tools and the user spoke last; text
+/// quoting the output when the last item is a function's output (the tool loop's end).
+fn decide(
+    request: &ResponsesRequest<'_>,
+    input_items: &[Value],
+    knobs: &super::Knobs,
+) -> (String, &'static str, Option<FunctionCall>) {
+    let last = input_items.last();
+    let last_type = last.and_then(|i| i.get("type")).and_then(Value::as_str);
+    let user_last = last_type == Some("message")
+        && last.and_then(|i| i.get("role")).and_then(Value::as_str) == Some("user");
+    let call = chosen_function(
+        request.tools.as_deref().unwrap_or(&[]),
+        request.tool_choice.as_ref(),
+    )
+    .filter(|_| user_last);
+    let format = request.text.as_ref().and_then(|t| t.get("format"));
+    let content = match (
+        &knobs.reply,
+        format.and_then(|f| f.get("type")).and_then(Value::as_str),
+    ) {
+        (Some(reply), _) => reply.clone(),
+        (None, Some("json_schema")) => {
+            let schema = format
+                .and_then(|f| f.get("schema"))
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            super::schema::generate(&schema).to_string()
+        }
+        (None, _) if last_type == Some("function_call_output") => format!(
+            "The tool returned: {}",
+            last.and_then(|i| i.get("output"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        ),
+        (None, Some("json_object")) => json!({"reply": knobs.reply()}).to_string(),
+        (None, _) => knobs.reply().to_owned(),
+    };
+    // `max_output_tokens` cuts the text; the response is then `incomplete`, as Azure's is.
+    let (content, status) = match request
+        .max_output_tokens
+        .filter(|_| call.is_none())
+        .and_then(|max| tokens::truncate(&content, max))
+    {
+        Some(cut) => (cut, "incomplete"),
+        None => (content, "completed"),
+    };
+    let call = call.map(|(name, parameters)| FunctionCall {
+        id: random_id("fc_", 48),
+        call_id: random_id("call_", 24),
+        name: name.to_owned(),
+        arguments: parameters
+            .map_or_else(|| json!({}), super::schema::generate)
+            .to_string(),
+    });
+    (content, status, call)
+}
+
+/// A streamed response's events: created and in progress, the output item with its
+/// deltas (text or function arguments), its end, and the `last` event with the final
+/// response.
+fn stream_events(
+    in_progress: &Value,
+    call: Option<&FunctionCall>,
+    item_id: &str,
+    content: &str,
+    pieces: Vec<std::ops::Range<usize>>,
+    [part, item]: [&Value; 2],
+    last: (&str, &Value),
+) -> Vec<Bytes> {
     let mut events = Events::new(pieces.len() + 8);
     events.push("response.created", json!({"response": in_progress}));
     events.push("response.in_progress", json!({"response": in_progress}));
-    if let Some(call) = &call {
+    if let Some(call) = call {
         events.push(
             "response.output_item.added",
             json!({
@@ -303,22 +349,8 @@ pub(super) async fn create(req: &Call<'_>) -> Response<Body> {
         "response.output_item.done",
         json!({"output_index": 0, "item": item}),
     );
-    // A cut response ends with `response.incomplete`, as OpenAI's stream does.
-    let last_event = if status == "incomplete" {
-        "response.incomplete"
-    } else {
-        "response.completed"
-    };
-    events.push(last_event, json!({"response": completed}));
-    let frames = events.frames.finish();
-    // A streamed background response can be streamed again from any event
-    // (`GET responses/{id}?stream=true&starting_after=N`): keep its frames.
-    if background && store {
-        if let Some(stored) = req.state.store.lock().responses.get_mut(&shell.id) {
-            stored.events = Some(frames.clone());
-        }
-    }
-    sse_response(frames, knobs.delay, 0)
+    events.push(last.0, json!({"response": last.1}));
+    events.frames.finish()
 }
 
 /// A function call the answer makes.
