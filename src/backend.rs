@@ -247,12 +247,11 @@ pub fn pick(
         for (j, b) in backends.iter().enumerate().take(group_end).skip(i) {
             if usable(j, b) {
                 total += u64::from(b.weight);
-            } else if excluded & 1u64.checked_shl(j as u32).unwrap_or(0) == 0 {
-                if let Some(wait) = b.deployment.throttled_for(now) {
-                    if soonest.is_none_or(|(s, _)| wait < s) {
-                        soonest = Some((wait, b.deployment.capped()));
-                    }
-                }
+            } else if excluded & 1u64.checked_shl(j as u32).unwrap_or(0) == 0
+                && let Some(wait) = b.deployment.throttled_for(now)
+                && soonest.is_none_or(|(s, _)| wait < s)
+            {
+                soonest = Some((wait, b.deployment.capped()));
             }
         }
         if total > 0 {

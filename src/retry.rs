@@ -241,10 +241,9 @@ impl Attempts {
         if let Some(wait) = self
             .not_before
             .and_then(|at| at.checked_duration_since(now))
+            && !wait.is_zero()
         {
-            if !wait.is_zero() {
-                return Pick::Wait(wait);
-            }
+            return Pick::Wait(wait);
         }
         crate::backend::pick(backends, self.excluded, now, false, rng)
     }

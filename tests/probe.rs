@@ -295,7 +295,7 @@ async fn uploads_over_the_body_limit_are_streamed_once_not_held() {
     let count = Arc::new(AtomicUsize::new(0));
     let c2 = count.clone();
     let mock = Mock::start(move |_| {
-        if c2.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+        if c2.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
             Reply::status(503, &[], "{}")
         } else {
             Reply::json("{}")
@@ -393,10 +393,10 @@ async fn silent_sockets_are_closed_after_the_header_timeout() {
             .await
             .expect("keyless closed the socket within the header timeout and a margin");
         // Closed (0 bytes or a reset); hyper may first answer a half head with a 408.
-        if let Ok(n) = read {
-            if n > 0 {
-                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
-            }
+        if let Ok(n) = read
+            && n > 0
+        {
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"));
         }
     }
 }

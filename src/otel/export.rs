@@ -412,13 +412,13 @@ mod tests {
                 false,
                 TraceState::from_key_value([("vendor", "x")]).unwrap(),
             ),
-            parent_span_id: if n % 2 == 0 {
+            parent_span_id: if n.is_multiple_of(2) {
                 SpanId::INVALID
             } else {
                 SpanId::from_bytes([7; 8])
             },
             parent_span_is_remote: n % 2 == 1,
-            span_kind: if n % 2 == 0 {
+            span_kind: if n.is_multiple_of(2) {
                 SpanKind::Server
             } else {
                 SpanKind::Client

@@ -203,10 +203,11 @@ pub(super) async fn create(req: &Call<'_>) -> Response<Body> {
     );
     // A streamed background response can be streamed again from any event
     // (`GET responses/{id}?stream=true&starting_after=N`): keep its frames.
-    if background && store {
-        if let Some(stored) = req.state.store.lock().responses.get_mut(&shell.id) {
-            stored.events = Some(frames.clone());
-        }
+    if background
+        && store
+        && let Some(stored) = req.state.store.lock().responses.get_mut(&shell.id)
+    {
+        stored.events = Some(frames.clone());
     }
     sse_response(frames, knobs.delay, 0)
 }

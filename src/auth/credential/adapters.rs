@@ -308,11 +308,11 @@ async fn managed_identity(
     probe: Option<&ImdsProbe>,
     imds_answered: &AtomicBool,
 ) -> Result<Token, String> {
-    if let Some(probe) = probe {
-        if !imds_answered.load(Ordering::Relaxed) {
-            probe.run(&ctx.imds_probe_url).await?;
-            imds_answered.store(true, Ordering::Relaxed);
-        }
+    if let Some(probe) = probe
+        && !imds_answered.load(Ordering::Relaxed)
+    {
+        probe.run(&ctx.imds_probe_url).await?;
+        imds_answered.store(true, Ordering::Relaxed);
     }
     let options = ManagedIdentityCredentialOptions {
         user_assigned_id: id.clone(),

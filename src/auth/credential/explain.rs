@@ -13,10 +13,10 @@ pub(super) fn explain(err: &azure_core::Error, scrub: &[&str]) -> String {
     // the HTTP status and the root cause (connection refused, timed out, ...) too.
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
-        if let Some(core) = e.downcast_ref::<azure_core::Error>() {
-            if let azure_core::error::ErrorKind::HttpResponse { status: s, .. } = core.kind() {
-                status.get_or_insert(*s);
-            }
+        if let Some(core) = e.downcast_ref::<azure_core::Error>()
+            && let azure_core::error::ErrorKind::HttpResponse { status: s, .. } = core.kind()
+        {
+            status.get_or_insert(*s);
         }
         let (text, troubleshoot) = strip_boilerplate(&e.to_string());
         link = link.or(troubleshoot);
