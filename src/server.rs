@@ -337,13 +337,16 @@ async fn serve_from<S, B>(
                     // In flight from the call until the response body is dropped (its
                     // last byte sent, or the stream cut).
                     let busy = activity.begin();
-                    let answer = service.call(req);
+                    let service = service.clone();
                     // Boxed: hyper keeps room for the service's future in every connection
                     // for the connection's life, and the handling's kilobytes of state are
                     // needed only until the response head, not while a stream flows or a
                     // connection idles. The box is freed when the head is returned.
+                    // The service's future is made inside the block, on its first poll, in
+                    // place in the box. Made out here and moved in, its ~12 KB were copied
+                    // twice a request (callgrind: 11.7k instructions of memcpy).
                     Box::pin(async move {
-                        let response = answer.await?;
+                        let response = service.call(req).await?;
                         Ok::<_, Infallible>(response.map(|body| Tracked { body, _busy: busy }))
                     })
                 })
