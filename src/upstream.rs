@@ -152,14 +152,17 @@ impl Client {
             .await
             .map_err(connect_error)?;
         if io.connected().is_negotiated_h2() {
-            let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_while_idle(false)
-                .max_header_list_size(MAX_HEADER_LIST_SIZE)
-                .handshake(io)
-                .await
-                .map_err(|e| connect_error(e.into()))?;
+            // Boxed: the HTTP/2 handshake's 5 KB of state would otherwise make this
+            // future 7 KB instead of 3, on every new connection, HTTP/1.1's included.
+            let handshake = Box::pin(
+                http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_while_idle(false)
+                    .max_header_list_size(MAX_HEADER_LIST_SIZE)
+                    .handshake(io),
+            );
+            let (mut sender, connection) = handshake.await.map_err(|e| connect_error(e.into()))?;
             spawn_connection(connection);
             pool.set_h2(sender.clone());
             let response = sender
