@@ -529,42 +529,53 @@ impl Router {
         if let Some(found) = learned.get(deployment) {
             return found.clone();
         }
+        let full = learned.len() >= MAX_LEARNED;
+        drop(learned);
         // Metric labels stay a bounded set whatever names clients send: the first
         // deployments learned (and those with configured limits) are named, the rest
         // are `other`.
-        let label = if learned.len() < MAX_LABELLED || self.limits.contains_key(deployment) {
-            label_for(deployment)
-        } else {
-            Arc::from(OTHER)
+        let named = |learned: usize| learned < MAX_LABELLED || self.limits.contains_key(deployment);
+        let make = |named: bool| -> Arc<[Backend]> {
+            let label = if named {
+                label_for(deployment)
+            } else {
+                Arc::from(OTHER)
+            };
+            Arc::from(vec![Backend {
+                name: deployment.into(),
+                label: label.clone(),
+                deployment: Arc::new(Deployment::new(
+                    self.default.clone(),
+                    Some(deployment),
+                    label,
+                    self.limits.get(deployment),
+                    self.epoch,
+                )),
+                priority: 0,
+                weight: 1,
+            }])
         };
-        let full = learned.len() >= MAX_LEARNED;
-        drop(learned);
-        let made: Arc<[Backend]> = Arc::from(vec![Backend {
-            name: deployment.into(),
-            label: label.clone(),
-            deployment: Arc::new(Deployment::new(
-                self.default.clone(),
-                Some(deployment),
-                label,
-                self.limits.get(deployment),
-                self.epoch,
-            )),
-            priority: 0,
-            weight: 1,
-        }]);
         if full {
-            return made;
+            return make(self.limits.contains_key(deployment));
         }
-        let mut result = made.clone();
+        // Decided inside the update, on the map it replaces: requests racing on two
+        // workers must not both take the last named place (the count was once read
+        // before the update, and a burst of new names got 66 labels).
+        let mut result = None;
         self.learned.rcu(|map| {
             let mut map = HashMap::clone(map);
-            result = map
-                .entry(deployment.to_owned())
-                .or_insert_with(|| made.clone())
-                .clone();
+            let entry = match map.get(deployment) {
+                Some(found) => found.clone(),
+                None => {
+                    let made = make(named(map.len()));
+                    map.insert(deployment.to_owned(), made.clone());
+                    made
+                }
+            };
+            result = Some(entry);
             map
         });
-        result
+        result.unwrap_or_else(|| make(false))
     }
 }
 
@@ -868,6 +879,44 @@ pub(crate) mod tests {
         assert!(b.deployment.throttled_for(Instant::now()).is_some());
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(b.deployment.throttled_for(Instant::now()).is_none());
+    }
+
+    /// Names learned at the same moment on many threads still leave `MAX_LABELLED` named
+    /// labels at most: the place is taken inside the update, not decided before it.
+    #[test]
+    fn racing_new_names_do_not_share_the_last_labels() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let config = Config::load(&crate::config::Flags {
+            simulate: true,
+            ..crate::config::Flags::default()
+        })
+        .unwrap();
+        let router = Router::new(&config, &default_url(), |_, _| Ok(resource())).unwrap();
+        // One named place left.
+        for n in 0..MAX_LABELLED - 1 {
+            router.on_default(&format!("d{n}"));
+        }
+        let threads = 16;
+        let barrier = std::sync::Barrier::new(threads);
+        let labels: Vec<String> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (router, barrier, handle) = (&router, &barrier, runtime.handle());
+                    scope.spawn(move || {
+                        let _entered = handle.enter();
+                        barrier.wait();
+                        router.on_default(&format!("racer{t}"))[0].label.to_string()
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let named = labels.iter().filter(|l| *l != OTHER).count();
+        assert_eq!(named, 1, "{labels:?}");
     }
 
     #[test]
